@@ -1,0 +1,86 @@
+"""The ``visloc`` command line: one subcommand per pipeline stage.
+
+Each subcommand lives in ``visloc_core/commands/<module>.py`` with two functions:
+``add_arguments(parser)`` and ``run(args) -> int``. They are imported only when used, so a
+missing optional dependency of one stage does not break the others. The names are a contract
+(shared DESIGN.md): tests, docs and users rely on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# command -> (module, one-line help). Nested commands use a space: "dataset from-bag".
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("synth", "render a synthetic scene into a dataset (and optionally bags)"),
+    "convert": ("convert", "convert a 7-Scenes, Cambridge Landmarks or TartanAir download into a dataset"),
+    "dataset from-bag": ("from_bag", "make a dataset from a rosbag2 recording (sqlite3 or mcap)"),
+    "train": ("train", "train an absolute pose regressor into an artifact folder"),
+    "map build": ("map_build", "build a retrieval map for relative-pose localization"),
+    "eval": ("evaluate", "evaluate an artifact on a dataset split: report.json, frames.csv, plots"),
+    "replay": ("replay", "replay a bag through the real localizer node and score it"),
+    "bench": ("bench", "speed and memory benchmarks, side by side with baselines"),
+}
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="visloc",
+        description="visloc: visual relocalization for ROS 2 robots (see README.md).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for name, (module, help_text) in COMMANDS.items():
+        parts = name.split()
+        target = sub
+        if len(parts) == 2:
+            if parts[0] not in groups:
+                gp = sub.add_parser(parts[0], help=f"{parts[0]} commands")
+                groups[parts[0]] = gp.add_subparsers(dest=f"{parts[0]}_command", metavar="COMMAND", required=True)
+            target = groups[parts[0]]
+        p = target.add_parser(parts[-1], help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        p.set_defaults(_parser=p)
+        try:
+            mod = importlib.import_module(f"visloc_core.commands.{module}")
+        except ImportError as err:
+            p.set_defaults(_import_error=err)
+            continue
+        mod.add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 2
+    if getattr(args, "_import_error", None) is not None:
+        print(f"visloc: this command is unavailable: {args._import_error}", file=sys.stderr)
+        return 2
+    mod = importlib.import_module(f"visloc_core.commands.{args._module}")
+    try:
+        return int(mod.run(args) or 0)
+    except KeyboardInterrupt:
+        print("visloc: interrupted; partial results (if any) are kept as described in --help", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
+        # Bad input: one clear line, no traceback (use -v for it).
+        if args.verbose:
+            raise
+        print(f"visloc {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

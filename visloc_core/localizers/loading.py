@@ -1,0 +1,45 @@
+"""Artifact folders and ``load_localizer``.
+
+An artifact folder holds ``artifact.json`` (at least ``{"kind": "<localizer name>", ...}``), its
+config and weights, and all metadata needed to run it. ``load_localizer(path)`` needs nothing else.
+Each localizer module registers a loader ``(artifact_dir: Path, device: str) -> Localizer``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+from ..registry import Registry
+from .base import Localizer
+
+LOCALIZERS: Registry[Localizer] = Registry("localizer")
+
+# Modules that register localizers; imported lazily so that loading one kind does not import all.
+_PLUGIN_MODULES = {
+    "apr": "visloc_core.localizers.apr",
+    "relpose": "visloc_core.localizers.relpose",
+}
+
+
+def read_artifact_meta(artifact_dir: str | Path) -> dict:
+    path = Path(artifact_dir)
+    meta_file = path / "artifact.json"
+    if not meta_file.is_file():
+        raise FileNotFoundError(
+            f"{path} is not a visloc artifact (no artifact.json); make one with `visloc train` or `visloc map build`"
+        )
+    meta = json.loads(meta_file.read_text())
+    if "kind" not in meta:
+        raise ValueError(f"{meta_file} has no 'kind' (expected one of: {', '.join(_PLUGIN_MODULES)})")
+    return meta
+
+
+def load_localizer(artifact_dir: str | Path, device: str = "cpu") -> Localizer:
+    """Build the localizer stored in an artifact folder (model or map) on ``device`` ('cpu', 'cuda', 'cuda:1')."""
+    meta = read_artifact_meta(artifact_dir)
+    kind = meta["kind"]
+    if kind not in LOCALIZERS and kind in _PLUGIN_MODULES:
+        importlib.import_module(_PLUGIN_MODULES[kind])
+    return LOCALIZERS.build(kind, Path(artifact_dir), device)
