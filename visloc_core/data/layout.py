@@ -39,9 +39,25 @@ FORMAT_VERSION = 1
 DEFAULT_DEPTH_SCALE = 1000.0  # uint16 value per metre (millimetres)
 
 FRAME_COLUMNS = [
-    "name", "stamp_ns", "tx", "ty", "tz", "qw", "qx", "qy", "qz",
-    "fx", "fy", "cx", "cy", "width", "height", "dist",
-    "rgb", "depth", "semantic",
+    "name",
+    "stamp_ns",
+    "tx",
+    "ty",
+    "tz",
+    "qw",
+    "qx",
+    "qy",
+    "qz",
+    "fx",
+    "fy",
+    "cx",
+    "cy",
+    "width",
+    "height",
+    "dist",
+    "rgb",
+    "depth",
+    "semantic",
 ]
 
 
@@ -94,8 +110,14 @@ class DatasetWriter:
             w.set_split("train", ["chess/seq-01"])
     """
 
-    def __init__(self, out: str | Path, source: dict, overwrite: bool = False,
-                 depth_scale: float = DEFAULT_DEPTH_SCALE, image_format: str = "png") -> None:
+    def __init__(
+        self,
+        out: str | Path,
+        source: dict,
+        overwrite: bool = False,
+        depth_scale: float = DEFAULT_DEPTH_SCALE,
+        image_format: str = "png",
+    ) -> None:
         self.out = Path(out)
         if self.out.exists() and not overwrite:
             raise FileExistsError(f"{self.out} exists; choose another --out or pass --overwrite")
@@ -172,8 +194,10 @@ class DatasetWriter:
             if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
                 raise ValueError(f"frame {name}: rgb must be uint8 (H, W, 3), got {img.dtype} {img.shape}")
             if (img.shape[1], img.shape[0]) != (camera.width, camera.height):
-                raise ValueError(f"frame {name}: image {img.shape[1]}x{img.shape[0]} does not match camera "
-                                 f"{camera.width}x{camera.height}")
+                raise ValueError(
+                    f"frame {name}: image {img.shape[1]}x{img.shape[0]} does not match camera "
+                    f"{camera.width}x{camera.height}"
+                )
             rgb_rel = f"rgb/{name}.{self.image_format}"
             params = [cv2.IMWRITE_JPEG_QUALITY, 95] if self.image_format == "jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
             _imwrite(seq_dir / rgb_rel, cv2.cvtColor(img, cv2.COLOR_RGB2BGR), params)
@@ -191,12 +215,25 @@ class DatasetWriter:
             _imwrite(seq_dir / sem_rel, np.asarray(semantic_HW, dtype=np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 1])
         t, q = position_quat_wxyz_from_T(T)
         row = {
-            "name": name, "stamp_ns": int(stamp_ns),
-            "tx": repr(float(t[0])), "ty": repr(float(t[1])), "tz": repr(float(t[2])),
-            "qw": repr(float(q[0])), "qx": repr(float(q[1])), "qy": repr(float(q[2])), "qz": repr(float(q[3])),
-            "fx": repr(camera.fx), "fy": repr(camera.fy), "cx": repr(camera.cx), "cy": repr(camera.cy),
-            "width": camera.width, "height": camera.height, "dist": " ".join(repr(x) for x in camera.dist),
-            "rgb": rgb_rel, "depth": depth_rel, "semantic": sem_rel,
+            "name": name,
+            "stamp_ns": int(stamp_ns),
+            "tx": repr(float(t[0])),
+            "ty": repr(float(t[1])),
+            "tz": repr(float(t[2])),
+            "qw": repr(float(q[0])),
+            "qx": repr(float(q[1])),
+            "qy": repr(float(q[2])),
+            "qz": repr(float(q[3])),
+            "fx": repr(camera.fx),
+            "fy": repr(camera.fy),
+            "cx": repr(camera.cx),
+            "cy": repr(camera.cy),
+            "width": camera.width,
+            "height": camera.height,
+            "dist": " ".join(repr(x) for x in camera.dist),
+            "rgb": rgb_rel,
+            "depth": depth_rel,
+            "semantic": sem_rel,
         }
         self._rows.setdefault((scene, sequence), []).append(row)
         if f"{scene}/{sequence}" not in self.manifest["sequences"]:
@@ -261,8 +298,10 @@ class Dataset:
         if self.manifest.get("format") != FORMAT_NAME:
             raise DatasetError(f"{mf}: format is {self.manifest.get('format')!r}, expected {FORMAT_NAME!r}")
         if int(self.manifest.get("version", 0)) > FORMAT_VERSION:
-            raise DatasetError(f"{mf}: version {self.manifest['version']} is newer than this visloc reads "
-                               f"({FORMAT_VERSION}); upgrade visloc")
+            raise DatasetError(
+                f"{mf}: version {self.manifest['version']} is newer than this visloc reads "
+                f"({FORMAT_VERSION}); upgrade visloc"
+            )
         self.depth_scale = float(self.manifest.get("depth_scale", DEFAULT_DEPTH_SCALE))
         self._cache: dict[str, list[FrameRecord]] = {}
 
@@ -294,8 +333,9 @@ class Dataset:
             out.append(SequenceInfo(sc, sq, info.pop("condition", "normal"), info))
         return out
 
-    def frames(self, split: str | None = None, scene: str | None = None,
-               condition: str | None = None) -> list[FrameRecord]:
+    def frames(
+        self, split: str | None = None, scene: str | None = None, condition: str | None = None
+    ) -> list[FrameRecord]:
         """All frames of the selected sequences, in sequence then time order."""
         out: list[FrameRecord] = []
         for s in self.sequences(split, scene):
@@ -356,10 +396,17 @@ def _read_frames_csv(path: Path, scene: str, sequence: str) -> Iterator[FrameRec
                     np.array([float(r["tx"]), float(r["ty"]), float(r["tz"])]),
                     np.array([float(r["qw"]), float(r["qx"]), float(r["qy"]), float(r["qz"])]),
                 )
-                cam = PinholeCamera(int(r["width"]), int(r["height"]), float(r["fx"]), float(r["fy"]),
-                                    float(r["cx"]), float(r["cy"]),
-                                    tuple(float(x) for x in r["dist"].split()) if r["dist"] else ())
-                yield FrameRecord(r["name"], int(r["stamp_ns"]), T, cam, r["rgb"], r["depth"], r["semantic"],
-                                  scene, sequence)
+                cam = PinholeCamera(
+                    int(r["width"]),
+                    int(r["height"]),
+                    float(r["fx"]),
+                    float(r["fy"]),
+                    float(r["cx"]),
+                    float(r["cy"]),
+                    tuple(float(x) for x in r["dist"].split()) if r["dist"] else (),
+                )
+                yield FrameRecord(
+                    r["name"], int(r["stamp_ns"]), T, cam, r["rgb"], r["depth"], r["semantic"], scene, sequence
+                )
             except (ValueError, KeyError) as err:
                 raise DatasetError(f"{path}: row {i + 2} is malformed: {err}") from err

@@ -15,13 +15,14 @@ Convention (everywhere in visloc):
   a frame that was not localized has infinite error.
 """
 
+from .averaging import average_rotations
 from .camera import PinholeCamera
 from .conventions import (
+    ROS_OPTICAL_TO_BODY,
     T_ned_to_opencv,
+    T_world_cam_from_7scenes,
     T_world_cam_from_cambridge,
     T_world_cam_from_tartanair,
-    T_world_cam_from_7scenes,
-    ROS_OPTICAL_TO_BODY,
 )
 from .epipolar import (
     decompose_essential,
@@ -39,8 +40,8 @@ from .metrics import (
     translation_error_m,
 )
 from .pose import (
-    T_from_R_t,
     T_from_position_quat_wxyz,
+    T_from_R_t,
     camera_center,
     invert_T,
     position_quat_wxyz_from_T,
@@ -58,12 +59,11 @@ from .quaternion import (
     rotation_angle_deg,
     rotvec_from_R,
 )
-from .averaging import average_rotations
 
 __all__ = [
-    "PinholeCamera",
     "RECALL_THRESHOLDS",
     "ROS_OPTICAL_TO_BODY",
+    "PinholeCamera",
     "R_from_quat_wxyz",
     "R_from_rotvec",
     "T_from_R_t",

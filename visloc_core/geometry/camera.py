@@ -39,8 +39,15 @@ class PinholeCamera:
     @classmethod
     def from_K(cls, K_33: np.ndarray, width: int, height: int, dist: tuple[float, ...] = ()) -> PinholeCamera:
         K = np.asarray(K_33, dtype=np.float64)
-        return cls(int(width), int(height), float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]),
-                   tuple(float(d) for d in dist))
+        return cls(
+            int(width),
+            int(height),
+            float(K[0, 0]),
+            float(K[1, 1]),
+            float(K[0, 2]),
+            float(K[1, 2]),
+            tuple(float(d) for d in dist),
+        )
 
     def resized(self, new_width: int, new_height: int) -> PinholeCamera:
         """Intrinsics after resizing the whole image to (new_width, new_height).
@@ -49,8 +56,15 @@ class PinholeCamera:
         """
         sx = new_width / self.width
         sy = new_height / self.height
-        return replace(self, width=int(new_width), height=int(new_height), fx=self.fx * sx, fy=self.fy * sy,
-                       cx=(self.cx + 0.5) * sx - 0.5, cy=(self.cy + 0.5) * sy - 0.5)
+        return replace(
+            self,
+            width=int(new_width),
+            height=int(new_height),
+            fx=self.fx * sx,
+            fy=self.fy * sy,
+            cx=(self.cx + 0.5) * sx - 0.5,
+            cy=(self.cy + 0.5) * sy - 0.5,
+        )
 
     def cropped(self, x0: int, y0: int, width: int, height: int) -> PinholeCamera:
         """Intrinsics of the crop [x0, x0+width) x [y0, y0+height)."""
@@ -69,10 +83,24 @@ class PinholeCamera:
         return np.stack([(uv[:, 0] - self.cx) / self.fx, (uv[:, 1] - self.cy) / self.fy, np.ones(len(uv))], axis=1)
 
     def to_dict(self) -> dict:
-        return {"width": self.width, "height": self.height, "fx": self.fx, "fy": self.fy,
-                "cx": self.cx, "cy": self.cy, "dist": list(self.dist)}
+        return {
+            "width": self.width,
+            "height": self.height,
+            "fx": self.fx,
+            "fy": self.fy,
+            "cx": self.cx,
+            "cy": self.cy,
+            "dist": list(self.dist),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> PinholeCamera:
-        return cls(int(d["width"]), int(d["height"]), float(d["fx"]), float(d["fy"]), float(d["cx"]),
-                   float(d["cy"]), tuple(float(x) for x in d.get("dist", ())))
+        return cls(
+            int(d["width"]),
+            int(d["height"]),
+            float(d["fx"]),
+            float(d["fy"]),
+            float(d["cx"]),
+            float(d["cy"]),
+            tuple(float(x) for x in d.get("dist", ())),
+        )

@@ -18,9 +18,7 @@ T_ned_to_opencv = T_from_R_t(_P_OPENCV_FROM_NED, np.zeros(3))
 
 # ROS REP-103: a camera's optical frame (z forward, x right, y down) relative to its body frame
 # (x forward, y left, z up): T_body_optical. The usual static transform camera_link -> camera_optical.
-ROS_OPTICAL_TO_BODY = T_from_R_t(
-    np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]), np.zeros(3)
-)
+ROS_OPTICAL_TO_BODY = T_from_R_t(np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]), np.zeros(3))
 
 
 def T_world_cam_from_7scenes(pose_44: np.ndarray) -> np.ndarray:

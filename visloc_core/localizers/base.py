@@ -44,8 +44,9 @@ class LocalizationResult:
 
     @classmethod
     def not_localized(cls, method: str, reason: str, **kw: Any) -> LocalizationResult:
-        return cls(np.full((4, 4), np.nan), np.full((6, 6), np.nan), Status.NOT_LOCALIZED, method,
-                   status_reason=reason, **kw)
+        return cls(
+            np.full((4, 4), np.nan), np.full((6, 6), np.nan), Status.NOT_LOCALIZED, method, status_reason=reason, **kw
+        )
 
 
 class Localizer(ABC):

@@ -1,0 +1,5 @@
+"""Evaluation: per-frame records, summary reports, plots and benchmarks."""
+
+from .records import FrameOutcome
+
+__all__ = ["FrameOutcome"]

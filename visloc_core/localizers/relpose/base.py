@@ -1,0 +1,66 @@
+"""Interfaces of the retrieval + relative-pose localizer (paper 003 and our geometric variant).
+
+Convention: the query camera is q, a retrieved map keyframe is r. ``T_q_r`` maps r-camera points
+into the q-camera frame (``x_q = R x_r + t``); ``E = [t]x R`` of that pose (x_q^T E x_r = 0).
+Translations are metres when ``metric`` is True, otherwise unit direction only.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ...geometry import PinholeCamera
+from ...registry import Registry
+
+
+@dataclass
+class Keyframe:
+    """A map image with its pose and whatever the estimators cached for it."""
+
+    key: str  # scene/sequence/name in the source dataset
+    T_world_cam: np.ndarray  # (4, 4)
+    camera: PinholeCamera
+    image_path: str = ""  # absolute path of the RGB image (learned estimators read it)
+    semantic_path: str = ""  # absolute path of the class map, '' if none
+    depth_path: str = ""  # absolute path of the depth image (metres = value / depth_scale), '' if none
+    depth_scale: float = 1000.0
+    cache: dict = field(default_factory=dict)  # e.g. local features (keypoints, descriptors)
+
+
+@dataclass
+class RelPoseEstimate:
+    """Relative pose of the query w.r.t. one reference keyframe."""
+
+    T_q_r: np.ndarray  # (4, 4); translation is unit-norm unless metric
+    metric: bool  # True when the translation has metric scale (e.g. PnP against map depth)
+    E: np.ndarray | None = None  # (3, 3) essential matrix when estimated as one
+    num_inliers: int = 0
+    confidence: float = 0.0  # in [0, 1]
+    ok: bool = True  # False when the estimator failed (too few matches, degenerate)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class RelPoseEstimator(ABC):
+    """Estimates T_q_r for a query image against map keyframes."""
+
+    name: str = "unknown"
+
+    def prepare_keyframe(self, kf: Keyframe, image_rgb_HW3: np.ndarray) -> None:  # noqa: B027
+        """Cache per-keyframe data at map-build time (e.g. local features in kf.cache)."""
+
+    @abstractmethod
+    def estimate(
+        self,
+        query_rgb_HW3: np.ndarray,
+        query_camera: PinholeCamera,
+        refs: list[Keyframe],
+        query_semantic_HW: np.ndarray | None = None,
+    ) -> list[RelPoseEstimate]:
+        """One estimate per reference, in the same order."""
+
+
+# name -> factory (cfg: dict, device: str) -> RelPoseEstimator
+RELPOSE_ESTIMATORS: Registry[RelPoseEstimator] = Registry("relative-pose estimator")

@@ -1,0 +1,1 @@
+"""Models: backbones (pretrained loading), APR models, relative-pose networks, descriptors."""

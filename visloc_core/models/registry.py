@@ -1,0 +1,45 @@
+"""Registries of model families, picked by name from YAML configs.
+
+APR_MODELS: factories ``(cfg: dict, scenes: list[SceneSpec]) -> nn.Module`` whose forward is
+``forward(image_B3HW, scene_id_B=None) -> dict`` with at least
+
+- ``position_B3``: normalised position (the trainer undoes the per-scene normalisation),
+- ``quat_B4``: orientation quaternion (w, x, y, z), not necessarily unit norm,
+- ``scene_logits_BS`` (multi-scene models only): scene classification logits.
+
+``image_B3HW`` is float in [0, 1], RGB; models apply their backbone's own normalisation.
+Modules that define models register them on import; ``MODEL_MODULES`` lists them so that
+``build_apr_model`` finds every model without importing all of them eagerly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from ..registry import Registry
+
+APR_MODELS: Registry = Registry("APR model")
+
+# model name -> module that registers it
+MODEL_MODULES: dict[str, str] = {
+    "posenet": "visloc_core.models.apr.posenet",
+    "poseformer": "visloc_core.models.apr.poseformer",
+    "hyperpose": "visloc_core.models.apr.hyperpose",
+    "ms_hyperpose": "visloc_core.models.apr.ms_hyperpose",
+    "mvl_loc": "visloc_core.models.apr.mvl_loc",
+}
+
+
+@dataclass
+class SceneSpec:
+    """What a multi-scene model needs to know about each scene it is trained on."""
+
+    name: str
+    description: str = ""  # natural-language description (MVL-Loc); from the dataset manifest
+
+
+def build_apr_model(name: str, cfg: dict, scenes: list[SceneSpec]):
+    if name not in APR_MODELS and name in MODEL_MODULES:
+        importlib.import_module(MODEL_MODULES[name])
+    return APR_MODELS.build(name, cfg, scenes)
