@@ -1,0 +1,1 @@
+"""Absolute pose regression models; each module registers itself in ``models.registry.APR_MODELS``."""
