@@ -41,6 +41,10 @@ class RelPoseEstimate:
     confidence: float = 0.0  # in [0, 1]
     ok: bool = True  # False when the estimator failed (too few matches, degenerate)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    # True when T_q_r is the one decomposition of E that passed a cheirality check (feature-based
+    # estimators). When False and E is given, the hypothesis filter considers both rotations of E and
+    # both signs of t, as paper 003 does for a regressed E.
+    cheirality_checked: bool = False
 
 
 class RelPoseEstimator(ABC):
