@@ -339,3 +339,59 @@ def test_adapter_semantic_policy_and_bad_config(tmp_path):
     img = np.zeros((H, W, 3), np.uint8)
     with pytest.raises(ValueError, match="semantic class map"):
         est.predict_E(img, [], None)
+
+
+def test_shipped_configs_build(tmp_path):
+    """Every config/models/relpose_net*.yaml is a valid relpose_net config (no unknown model keys)."""
+    from pathlib import Path
+
+    import yaml
+
+    from visloc_core.models.relpose import merge_conf
+
+    files = sorted((Path(__file__).parents[1] / "config" / "models").glob("relpose_net*.yaml"))
+    assert len(files) >= 4
+    for f in files:
+        cfg = yaml.safe_load(f.read_text())
+        assert cfg["task"] == "relpose_net"
+        conf = merge_conf({**cfg["model"], "num_classes": 3, "pretrained": False})
+        m = RelPoseNet(conf)
+        assert (m.biasnet is None) == ("no_biasnet" in f.stem or "baseline" in f.stem)
+        assert (m.cbam is None) == ("no_attnet" in f.stem or "baseline" in f.stem)
+
+
+def test_evaluate_checkpoint_on_pairs(tmp_path, monkeypatch):
+    """evaluate_checkpoint on a network PATCHED to output the true E of each pair (in loader
+    order) reports zero errors; with -E the best guess flips t (180 deg) while the oracle stays 0."""
+    from visloc_core.models.relpose import checkpoint as ck
+    from visloc_core.training import relpose_net as rn
+
+    ds = _write_dataset(tmp_path / "d", n=4)
+    sampling = {"max_distance_m": 0.7, "max_angle_deg": 30, "min_distance_m": 0.05, "max_pairs": 0}
+    ckpt = save_relpose_net(RelPoseNet(_tiny_conf()), {"data": {"sampling": sampling}}, {}, tmp_path / "c")
+    q, r = ds.frames("test"), ds.frames("train")
+    pairs = sample_pairs(q, r, PairSampling.from_cfg(sampling))
+    true_E = torch.tensor(np.stack([_true_E(relative_pose(r[j].T_world_cam, q[i].T_world_cam)) for i, j in pairs]))
+    real_load = ck.load_relpose_net
+
+    for sign, rot, tdir in ((1.0, 0.0, 0.0), (-1.0, 0.0, 180.0)):
+        served = []
+
+        def load(path, device="cpu", sign=sign, served=served):
+            model, meta = real_load(path, device)
+
+            def forward(img_q, img_r, sem_q=None, sem_r=None):
+                k = sum(served)
+                served.append(img_q.shape[0])
+                return sign * true_E[k : k + img_q.shape[0]].float()
+
+            model.forward = forward
+            return model, meta
+
+        monkeypatch.setattr(ck, "load_relpose_net", load)
+        res = rn.evaluate_checkpoint(ckpt, tmp_path / "d", pairs_cfg={"val_max_pairs": 0}, batch_size=3)
+        assert res["n_pairs"] == len(pairs) == sum(served) > 3
+        assert res["median_rot_deg"] == pytest.approx(rot, abs=1e-3)
+        assert res["median_tdir_deg"] == pytest.approx(tdir, abs=1e-3)
+        assert res["median_rot_oracle_deg"] == pytest.approx(0, abs=1e-3)
+        assert res["median_tdir_oracle_deg"] == pytest.approx(0, abs=1e-3)

@@ -279,3 +279,71 @@ def train(cfg: dict, data: str | Path, out: str | Path, args: argparse.Namespace
     if not complete:
         raise KeyboardInterrupt(f"training interrupted; partial checkpoint written to {out}")
     return out
+
+
+# ----------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path,
+    split: str = "test",
+    ref_split: str = "train",
+    pairs_cfg: dict | None = None,
+    batch_size: int = 16,
+) -> dict:
+    """Relative-pose errors of a trained network on pairs (query from ``split``, reference from
+    ``ref_split``) sampled with the checkpoint's pair rules (overridable by ``pairs_cfg``).
+    Returns medians of :func:`pair_errors`, the mean loss and the pair count."""
+    from ..models.relpose.checkpoint import load_relpose_net
+
+    model, meta = load_relpose_net(checkpoint)
+    ds = Dataset(data)
+    pc = {**(meta.get("data", {}).get("sampling") or {}), **(pairs_cfg or {})}
+    pc.setdefault("val_max_pairs", pc.get("max_pairs", 200))
+    scenes = meta.get("data", {}).get("scenes")
+    queries = [f for f in ds.frames(split) if not scenes or f.scene in scenes]
+    refs = [f for f in ds.frames(ref_split) if not scenes or f.scene in scenes]
+    pairs = sample_pairs(queries, refs, PairSampling.from_cfg(pc, max_pairs_key="val_max_pairs"))
+    conf = model.conf
+    items = RelPosePairDataset(
+        ds, queries, refs, pairs, ImageTransform(conf["image_width"], conf["image_height"]), bool(conf["use_biasnet"]),
+        list(conf["dilate_classes"]), int(conf["dilate_kernel"]),
+    )  # fmt: skip
+    errors, losses = [], []
+    for batch in torch.utils.data.DataLoader(items, batch_size=batch_size):
+        E = model(batch["image_q"], batch["image_r"], batch.get("semantic_q"), batch.get("semantic_r"))
+        losses.extend((E - batch["E"]).flatten(1).norm(dim=1).tolist())
+        errors.extend(pair_errors(Ek, Tk) for Ek, Tk in zip(E.double().numpy(), batch["T_q_r"].numpy()))
+    return {"split": split, "ref_split": ref_split, "loss": float(np.mean(losses)), **summarize_errors(errors)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m visloc_core.training.relpose_net eval CHECKPOINT --data DATASET``: pair errors (JSON)."""
+    import json
+
+    p = argparse.ArgumentParser(
+        prog="python -m visloc_core.training.relpose_net",
+        description="Evaluate a relative-pose network checkpoint on image pairs of a dataset.",
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("eval", help="median rotation / translation-direction errors on query-reference pairs")
+    e.add_argument("checkpoint", help="checkpoint folder written by `visloc train ... task: relpose_net`")
+    e.add_argument("--data", required=True, help="dataset folder (visloc layout)")
+    e.add_argument("--split", default="test", help="split of the query frames (default: test)")
+    e.add_argument("--ref-split", default="train", help="split of the reference frames (default: train)")
+    e.add_argument("--max-pairs", type=int, default=400, help="random subset of eligible pairs (0 = all)")
+    e.add_argument("--out", help="also write the result to this JSON file")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    res = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.ref_split, {"val_max_pairs": args.max_pairs})
+    text = json.dumps(res, indent=2)
+    if args.out:
+        tmp = Path(args.out).with_suffix(".json.partial")
+        tmp.write_text(text)
+        tmp.replace(args.out)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
