@@ -246,6 +246,10 @@ def test_tiny_overfit_drives_the_loss_down(tmp_path):
 
 # -------------------------------------------------------------------------------- trainer + checkpoint
 def test_train_writes_a_checkpoint_that_reloads_identically(tmp_path):
+    """Through the real CLI: `visloc train CONFIG --data D --out CKPT` with task: relpose_net."""
+    import yaml
+
+    from visloc_core.cli import main
     from visloc_core.training.relpose_net import train
 
     _write_dataset(tmp_path / "d", n=5)
@@ -253,9 +257,13 @@ def test_train_writes_a_checkpoint_that_reloads_identically(tmp_path):
         "task": "relpose_net",
         "model": _tiny_conf(),
         "pairs": {"max_distance_m": 0.7, "max_angle_deg": 30, "max_pairs": 8, "val_max_pairs": 4},
-        "train": {"epochs": 1, "batch_size": 4, "lr": 1e-4},
+        "train": {"epochs": 3, "batch_size": 4, "lr": 1e-4},
     }
-    out = train(cfg, tmp_path / "d", tmp_path / "ckpt")
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    argv = ["train", str(tmp_path / "cfg.yaml"), "--data", str(tmp_path / "d"), "--out", str(tmp_path / "ckpt")]
+    assert main([*argv, "--epochs", "1"]) == 0
+    out = tmp_path / "ckpt"
+    assert len(load_relpose_net(out)[1]["history"]) == 1  # --epochs overrode the config's 3
     model, meta = load_relpose_net(out)
     assert meta["complete"] and meta["data"]["n_train_pairs"] == 8 and meta["data"]["n_val_pairs"] == 4
     assert meta["model"]["num_classes"] == N_CLASSES and meta["history"][0]["n_pairs"] == 4

@@ -8,7 +8,8 @@ Config sections (every key optional; defaults in brackets)::
             scenes [all], max_distance_m [1.5], min_distance_m [0.05], max_angle_deg [45],
             max_pairs [2000], val_max_pairs [200], seed [0]
     train:  epochs [3], batch_size [16], lr [1e-4], weight_decay [1e-6] (paper: Adam, 1e-4, 1e-6, batch 16),
-            sign_invariant [false], seed [0], num_workers [0], max_steps [-1], select_best [true]
+            sign_invariant [false], seed [0], num_workers [0], max_steps [-1], accelerator [cpu],
+            devices [1], select_best [true]
             (keep the weights of the validation epoch with the lowest loss, as the paper keeps its best
             validated model), augment {crop [random], scale_jitter [0.1], brightness [0.2], contrast [0.2]}
 
@@ -200,11 +201,20 @@ def train(cfg: dict, data: str | Path, out: str | Path, args: argparse.Namespace
     """Train the relative-pose network on pairs of ``data`` and write a checkpoint folder ``out``."""
     out = Path(out)
     overwrite = bool(getattr(args, "overwrite", False))
+    if getattr(args, "resume", False):
+        raise ValueError(
+            "relpose_net training has no --resume: an interrupted run writes its weights so far to --out "
+            "(complete: false); start a new run with --overwrite"
+        )
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
     ds = Dataset(data)
     model_cfg = dict(cfg.get("model") or {})
     tc = dict(cfg.get("train") or {})
+    if getattr(args, "epochs", None):
+        tc["epochs"] = int(args.epochs)
+    if getattr(args, "device", None):
+        tc["accelerator"] = str(args.device)
     if model_cfg.get("use_biasnet", True):
         n_cls = _num_classes(ds)
         if n_cls == 0:
@@ -234,8 +244,8 @@ def train(cfg: dict, data: str | Path, out: str | Path, args: argparse.Namespace
         select_best=bool(tc.get("select_best", True)) and val_loader is not None,
     )
     trainer = pl.Trainer(
-        accelerator=str(getattr(args, "accelerator", None) or tc.get("accelerator", "cpu")),
-        devices=getattr(args, "devices", None) or tc.get("devices", 1),
+        accelerator=str(tc.get("accelerator", "cpu")),
+        devices=tc.get("devices", 1),
         max_epochs=int(tc.get("epochs", 3)),
         max_steps=int(tc.get("max_steps", -1)),
         logger=False,
