@@ -1,0 +1,67 @@
+"""``visloc train CONFIG.yaml --data DATASET --out ARTIFACT``: train a model into an artifact folder.
+
+The config's ``task`` (default ``apr``) picks the trainer: ``visloc_core.training.<task>.train(cfg,
+data, out, args)``. Configs live in config/models/ (see docs/apr.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import re
+import sys
+
+from ..training.config import load_yaml
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="training config YAML (e.g. config/models/posenet.yaml)")
+    parser.add_argument(
+        "--data", required=True, help="dataset folder in the visloc layout (visloc synth/convert/dataset)"
+    )
+    parser.add_argument("--out", required=True, help="artifact folder to write (written atomically at the end)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last checkpoint in ARTIFACT.train/checkpoints/last.ckpt",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="override the number of epochs (with several stages: scaled proportionally, >= 1 each)",
+    )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="Lightning accelerator: cpu (default of the configs), cuda/gpu, mps or auto (overrides train.device)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing ARTIFACT and start over in ARTIFACT.train (drops its checkpoints)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        default=None,
+        help="folder for checkpoints and logs (default: ARTIFACT.train next to the artifact)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_yaml(args.config)
+    task = cfg.get("task", "apr")
+    if not isinstance(task, str) or not re.fullmatch(r"[a-z_][a-z0-9_]*", task):
+        raise ValueError(f"{args.config}: task must be a trainer module name like 'apr', got {task!r}")
+    try:
+        trainer = importlib.import_module(f"visloc_core.training.{task}")
+    except ModuleNotFoundError as err:
+        if err.name == f"visloc_core.training.{task}":
+            raise ValueError(f"{args.config}: unknown task {task!r} (no module visloc_core.training.{task})") from err
+        raise
+    path = trainer.train(cfg, args.data, args.out, args)
+    if path is None:
+        print("training did not finish; checkpoints are kept, continue with --resume", file=sys.stderr)
+        return 1
+    print(f"artifact: {path}")
+    return 0

@@ -1,0 +1,241 @@
+"""``task: apr``: train an absolute pose regressor with PyTorch Lightning and write its artifact.
+
+``train(cfg, data, out, args)`` (called by ``visloc train``):
+
+1. merges the config over training/config.DEFAULT_CONF and applies the command-line overrides;
+2. trains in a work folder ``<ARTIFACT>.train/`` (kept after training: ``checkpoints/last.ckpt``
+   for ``--resume``, ``checkpoints/best.ckpt`` by ``val/score``, ``logs/csv/version_N/metrics.csv``,
+   ``logs/tensorboard/version_N``). An interrupted run (Ctrl-C) keeps its checkpoints and writes
+   no artifact; ``--resume`` continues from the last checkpoint;
+3. reloads the best checkpoint, measures the COVARIANCE CALIBRATION on the validation frames and
+   writes the artifact folder atomically (models/apr/artifact.py).
+
+Covariance calibration (stored in artifact.json, used by localizers/apr.py): with the best weights
+and validation preprocessing, residuals on every validation frame are
+``dt = t_est - t_gt`` (world frame, m) and ``dw = log(R_gt R_est^T)`` (rotation vector, world frame,
+rad; R_true = exp([dw]x) R_est as in localizers/base.py). The diagonal covariance is the per-axis
+mean of squares (second moment, so a bias counts as error), times ``calibration.variance_scale``,
+floored at ``min_sigma_m`` / ``min_sigma_deg``. The fractions of validation frames whose 3-D
+Mahalanobis distance under this covariance is within 1/2/3 sigma are stored as ``coverage``
+(chi-square with 3 dof expects 0.199 / 0.739 / 0.971).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from scipy.stats import chi2
+
+from ..geometry import R_from_quat_wxyz, rotvec_from_R
+from ..models.apr.artifact import SceneStats, write_apr_artifact
+from .apr_data import APRDataModule
+from .apr_module import APRModule
+from .config import apr_config, override_epochs
+
+log = logging.getLogger(__name__)
+
+# P(chi2_3 <= k^2): the fraction of 3-D Gaussian errors within k sigma (Mahalanobis)
+CHI2_3_WITHIN = {k: float(chi2.cdf(k * k, 3)) for k in (1, 2, 3)}
+
+
+def work_dir_for(out: Path) -> Path:
+    return out.with_name(out.name + ".train")
+
+
+@torch.inference_mode()
+def predict_world(module: APRModule, loader) -> dict[str, np.ndarray]:
+    """Run ``module`` over a loader; returns world-frame predictions and ground truth (numpy)."""
+    module.eval()
+    pos_est, quat_est, pos_gt, quat_gt, scene_est = [], [], [], [], []
+    for batch in loader:
+        img = batch["image"].to(module.device)
+        sid = batch["scene_id"].to(module.device)
+        out = module.model(img, sid)
+        s = module.predicted_scene(out, {"scene_id": sid})
+        pos_est.append(module.denormalise_position(out["position_B3"], s).double().cpu().numpy())
+        q = out["quat_B4"].double()
+        quat_est.append((q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)).cpu().numpy())
+        pos_gt.append(batch["position"].double().numpy())
+        quat_gt.append(batch["quat_wxyz"].double().numpy())
+        scene_est.append(s.cpu().numpy())
+    return {
+        "position_est": np.concatenate(pos_est),
+        "quat_est": np.concatenate(quat_est),
+        "position_gt": np.concatenate(pos_gt),
+        "quat_gt": np.concatenate(quat_gt),
+        "scene_est": np.concatenate(scene_est),
+    }
+
+
+def residuals(pred: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """World-frame residuals: dt (N, 3) metres, dw (N, 3) rad with R_gt = exp([dw]x) R_est."""
+    dt = pred["position_est"] - pred["position_gt"]
+    R_est, R_gt = R_from_quat_wxyz(pred["quat_est"]), R_from_quat_wxyz(pred["quat_gt"])
+    dw = rotvec_from_R(R_gt @ np.swapaxes(R_est, -1, -2))
+    return dt, dw
+
+
+def coverage(d_N3: np.ndarray, var_3: np.ndarray) -> dict[str, float]:
+    """Fraction of rows whose Mahalanobis distance under diag(var_3) is within 1, 2, 3 sigma."""
+    m = np.sqrt((d_N3**2 / var_3).sum(axis=1))
+    return {f"within_{k}_sigma": float(np.mean(m <= k)) for k in (1, 2, 3)}
+
+
+def calibrate(dt: np.ndarray, dw: np.ndarray, cal_cfg: dict) -> dict:
+    """Diagonal covariance from validation residuals (see module docstring)."""
+    scale = float(cal_cfg["variance_scale"])
+    t_var = np.maximum((dt**2).mean(axis=0) * scale, float(cal_cfg["min_sigma_m"]) ** 2)
+    r_var = np.maximum((dw**2).mean(axis=0) * scale, np.deg2rad(float(cal_cfg["min_sigma_deg"])) ** 2)
+    t_err = np.linalg.norm(dt, axis=1)
+    r_err = np.rad2deg(np.linalg.norm(dw, axis=1))
+    return {
+        "method": (
+            "diagonal covariance = per-axis mean of squared validation residuals (world frame; rotation as "
+            "rotation vector of R_gt R_est^T) x variance_scale, floored at min_sigma"
+        ),
+        "translation_var_m2": [float(x) for x in t_var],
+        "rotation_var_rad2": [float(x) for x in r_var],
+        "variance_scale": scale,
+        "n_frames": len(dt),
+        "val_median_translation_m": float(np.median(t_err)),
+        "val_median_rotation_deg": float(np.median(r_err)),
+        "coverage_translation": coverage(dt, t_var),
+        "coverage_rotation": coverage(dw, r_var),
+        "coverage_expected_gaussian": {f"within_{k}_sigma": v for k, v in CHI2_3_WITHIN.items()},
+    }
+
+
+def _trainer(cfg: dict, work: Path, max_epochs: int) -> tuple[pl.Trainer, pl.callbacks.ModelCheckpoint]:
+    t = cfg["train"]
+    ckpt = pl.callbacks.ModelCheckpoint(
+        dirpath=work / "checkpoints",
+        filename="best",
+        monitor="val/score",
+        mode="min",
+        save_last=True,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    loggers = [
+        pl.loggers.CSVLogger(work / "logs", name="csv"),
+        pl.loggers.TensorBoardLogger(work / "logs", name="tensorboard", default_hp_metric=False),
+    ]
+    callbacks: list[pl.Callback] = [ckpt]
+    if t["progress_bar"]:
+        callbacks.append(pl.callbacks.TQDMProgressBar(refresh_rate=1))
+    trainer = pl.Trainer(
+        accelerator=t["device"],
+        devices=t["devices"],
+        strategy=t["strategy"],
+        precision=t["precision"],
+        max_epochs=max_epochs,
+        logger=loggers,
+        callbacks=callbacks,
+        log_every_n_steps=int(t["log_every_n_steps"]),
+        check_val_every_n_epoch=int(t["check_val_every_n_epoch"]),
+        enable_progress_bar=bool(t["progress_bar"]),
+        enable_model_summary=False,
+        gradient_clip_val=float(t["gradient_clip_val"]) or None,
+        num_sanity_val_steps=0,
+        default_root_dir=str(work),
+    )
+    return trainer, ckpt
+
+
+def train(cfg: dict, data: str | Path, out: str | Path, args: argparse.Namespace | None = None) -> Path | None:
+    """Train an APR model on dataset ``data`` and write the artifact ``out``; returns its path
+    (None when training was interrupted: checkpoints are kept for ``--resume``)."""
+    args = args or argparse.Namespace()
+    cfg = apr_config(cfg)
+    if getattr(args, "device", None):
+        cfg["train"]["device"] = args.device
+    if getattr(args, "epochs", None):
+        cfg["train"]["stages"] = override_epochs(cfg["train"]["stages"], int(args.epochs))
+        cfg["train"]["epochs"] = sum(s["epochs"] for s in cfg["train"]["stages"])
+    out = Path(out)
+    work = Path(getattr(args, "work_dir", None) or work_dir_for(out))
+    resume = bool(getattr(args, "resume", False))
+    overwrite = bool(getattr(args, "overwrite", False))
+    last = work / "checkpoints" / "last.ckpt"
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
+    if resume and not last.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint {last} (train once without --resume first)")
+    if not resume and (work / "checkpoints").exists():
+        if not overwrite:
+            raise FileExistsError(
+                f"{work} holds checkpoints of an earlier run; pass --resume to continue it or --overwrite to start over"
+            )
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+
+    pl.seed_everything(int(cfg["train"]["seed"]), workers=True)
+    dm = APRDataModule(cfg, str(data))
+    module = APRModule(cfg, [s.to_json() for s in dm.scenes])
+    if resume:
+        # Normalisation and regions must be those the checkpoint was trained with.
+        saved = torch.load(last, map_location="cpu", weights_only=False)["hyper_parameters"]["scenes"]
+        module = APRModule(cfg, saved)
+        scenes = [SceneStats.from_json(s) for s in saved]
+    else:
+        scenes = dm.scenes
+    max_epochs = sum(s["epochs"] for s in cfg["train"]["stages"])
+    log.info("training %s on %s for %d epochs (work folder %s)", cfg["model"]["name"], data, max_epochs, work)
+    trainer, ckpt = _trainer(cfg, work, max_epochs)
+    t0 = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+    if trainer.interrupted:
+        log.warning("training interrupted; checkpoints kept in %s (continue with --resume)", work / "checkpoints")
+        return None
+    if not trainer.is_global_zero:
+        return out  # DDP: only rank 0 calibrates and writes the artifact
+    best_path = ckpt.best_model_path or str(last)
+    best = torch.load(best_path, map_location="cpu", weights_only=False)
+    module.load_state_dict(best["state_dict"])
+    module.to("cpu")
+
+    pred = predict_world(module, dm.val_dataloader())
+    dt, dw = residuals(pred)
+    calibration = calibrate(dt, dw, cfg["calibration"])
+    log.info(
+        "calibration on %d validation frames: sigma_t %s m, sigma_r %s deg; within 1/2/3 sigma: t %s, r %s",
+        len(dt),
+        np.round(np.sqrt(calibration["translation_var_m2"]), 3).tolist(),
+        np.round(np.rad2deg(np.sqrt(calibration["rotation_var_rad2"])), 2).tolist(),
+        list(calibration["coverage_translation"].values()),
+        list(calibration["coverage_rotation"].values()),
+    )
+    training = {
+        "dataset": str(Path(data).resolve()),
+        "epochs": int(trainer.current_epoch),
+        "best_epoch": int(best.get("epoch", -1)),
+        "best_val_score": float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
+        "stages": cfg["train"]["stages"],
+        "n_train_frames": len(dm.train_set),
+        "n_val_frames": len(dm.val_set),
+        "wall_seconds_this_run": time.time() - t0,
+        "loss_weights": {n: float(p.detach()) for n, p in module.loss.named_parameters()},
+        "work_dir": str(work.resolve()),
+    }
+    csv_logger = trainer.loggers[0]
+    metrics_csv = Path(csv_logger.log_dir) / "metrics.csv"
+    path = write_apr_artifact(
+        out,
+        module.model,
+        cfg,
+        scenes,
+        calibration,
+        training,
+        {"metrics.csv": metrics_csv},
+        overwrite=overwrite,
+        training_camera_input=dm.training_camera_input,
+    )
+    log.info("wrote artifact %s", path)
+    return path
