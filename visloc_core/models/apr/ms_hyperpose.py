@@ -152,7 +152,7 @@ class MSHyperPose(nn.Module):
         if self.use_hypernet:
             ht = int(self.conf["hyper_dim_t"])
             hr = int(self.conf["hyper_dim_rot"])
-            self.hyper_t = _HyperHead(d, (ht, int(round(ht * float(self.conf["hyper_t_hidden_scale"])))), 3)
+            self.hyper_t = _HyperHead(d, (ht, round(ht * float(self.conf["hyper_t_hidden_scale"]))), 3)
             self.hyper_rot = _HyperHead(d, (hr, hr), 4)
 
     def forward(self, image_B3HW: torch.Tensor, scene_id_B: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

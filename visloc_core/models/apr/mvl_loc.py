@@ -76,11 +76,8 @@ class MVLLoc(nn.Module):
         ve, te = self.conf["visual_encoder"], self.conf["text_encoder"]
         if ve not in ("backbone", "clip"):
             raise ValueError(f"mvl_loc: visual_encoder must be backbone or clip, got {ve!r}")
-        if ve == "clip" or te == "clip":
-            if not self.conf["clip_path"]:
-                raise ValueError(
-                    "mvl_loc: visual_encoder/text_encoder 'clip' needs model.clip_path (local CLIP folder)"
-                )
+        if (ve == "clip" or te == "clip") and not self.conf["clip_path"]:
+            raise ValueError("mvl_loc: visual_encoder/text_encoder 'clip' needs model.clip_path (local CLIP folder)")
         if ve == "backbone":
             self.backbone = build_backbone(self.conf["backbone"], pretrained=bool(self.conf["pretrained"]))
             self.reduction = int(self.conf["reduction"])
