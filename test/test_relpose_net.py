@@ -403,3 +403,16 @@ def test_evaluate_checkpoint_on_pairs(tmp_path, monkeypatch):
         assert res["median_tdir_deg"] == pytest.approx(tdir, abs=1e-3)
         assert res["median_rot_oracle_deg"] == pytest.approx(0, abs=1e-3)
         assert res["median_tdir_oracle_deg"] == pytest.approx(0, abs=1e-3)
+
+
+def test_dilate_classes_paints_the_kernel_around_each_pixel():
+    from visloc_core.models.relpose.net import dilate_classes
+
+    s = np.zeros((9, 9), np.uint8)
+    s[4, 4] = 2
+    s[0, 8] = 1
+    out = dilate_classes(s, [2], kernel=7)
+    ref = np.zeros((9, 9), np.uint8)
+    ref[1:8, 1:8] = 2
+    ref[0, 8] = 1  # classes not listed are left alone
+    np.testing.assert_array_equal(out, ref)
