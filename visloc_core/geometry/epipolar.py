@@ -39,8 +39,11 @@ def decompose_essential(E: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     """The two rotations and the unit translation of an essential matrix (3, 3).
 
     Returns (R1, R2, t): the four (R, t) candidates are (R1, t), (R1, -t), (R2, t), (R2, -t),
-    as OpenCV's ``decomposeEssentialMat`` (same R1, R2 and t up to the sign of t). Only
-    one of them puts points in front of both cameras (the cheirality check of recoverPose).
+    the same candidates as OpenCV's ``decomposeEssentialMat``. Which rotation is called R1 and
+    the sign of t are NOT unique: E's two equal singular values leave the SVD free up to a
+    rotation or reflection of the first two singular vectors, and a reflection swaps R1 and R2,
+    so compare the set {R1, R2}, not the order. Only one candidate puts points in front of
+    both cameras (the cheirality check of recoverPose).
     """
     E = np.asarray(E, dtype=np.float64)
     if E.shape != (3, 3) or not np.all(np.isfinite(E)):
@@ -65,7 +68,10 @@ def triangulate_point_from_rays(centers_N3: np.ndarray, directions_N3: np.ndarra
     d = np.asarray(directions_N3, dtype=np.float64)
     if c.ndim != 2 or c.shape[1] != 3 or d.shape != c.shape or c.shape[0] < 2:
         raise ValueError(f"need (N>=2, 3) centers and directions, got {c.shape} and {d.shape}")
-    d = d / np.linalg.norm(d, axis=1, keepdims=True)
+    norms = np.linalg.norm(d, axis=1, keepdims=True)
+    if not (np.all(np.isfinite(c)) and np.all(np.isfinite(norms)) and np.all(norms > 1e-12)):
+        raise ValueError("ray centers and directions must be finite, and directions non-zero")
+    d = d / norms
     P = np.eye(3)[None] - d[:, :, None] * d[:, None, :]  # projectors orthogonal to each ray
     A = P.sum(axis=0)
     b = np.einsum("nij,nj->i", P, c)

@@ -94,6 +94,8 @@ def quat_wxyz_from_R(R: np.ndarray) -> np.ndarray:
     matrices and the closest unit quaternion (in the Frobenius sense) for slightly noisy ones.
     """
     R = _check_R(R)
+    if not np.all(np.isfinite(R)):
+        raise ValueError("rotation matrices have non-finite entries (a not-localized pose?)")
     m = R
     K = np.empty(R.shape[:-2] + (4, 4))
     K[..., 0, 0] = m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2]

@@ -29,8 +29,8 @@ def qlog(q_B4: torch.Tensor) -> torch.Tensor:
     v = q[..., 1:]
     n = v.norm(dim=-1, keepdim=True)
     half = torch.atan2(n, q[..., :1])
-    # half/n -> 1 as n -> 0; use the series to keep gradients finite at the identity.
-    scale = torch.where(n > 1e-7, half / n.clamp_min(1e-7), 1.0 + n**2 / 3.0)
+    # half/n = asin(n)/n -> 1 as n -> 0; use its series 1 + n^2/6 to keep gradients finite at the identity.
+    scale = torch.where(n > 1e-7, half / n.clamp_min(1e-7), 1.0 + n**2 / 6.0)
     return v * scale
 
 
