@@ -72,14 +72,14 @@ DEFAULT_CONF: dict[str, Any] = {
 
 def deep_merge(base: dict, override: dict, path: str = "", strict: bool = True) -> dict:
     """Recursive dict merge. With ``strict``, keys of ``override`` missing from ``base`` raise,
-    except below ``model`` (the model factory checks those) and inside stage lists."""
+    except below ``model`` and ``loss`` (the model factory / build_loss check those) and inside stage lists."""
     out = copy.deepcopy(base)
     for k, v in (override or {}).items():
         where = f"{path}{k}"
-        if strict and k not in base and not path.startswith("model"):
+        if strict and k not in base and not path.startswith(("model", "loss")):
             raise ValueError(f"unknown config key '{where}'; known here: {', '.join(sorted(base))}")
         if isinstance(v, dict) and isinstance(base.get(k), dict):
-            out[k] = deep_merge(base[k], v, where + ".", strict and where != "model")
+            out[k] = deep_merge(base[k], v, where + ".", strict and where not in ("model", "loss"))
         else:
             out[k] = copy.deepcopy(v)
     return out
