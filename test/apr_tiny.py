@@ -31,8 +31,8 @@ def pose_at(s: float) -> np.ndarray:
 
 def image_at(s: float, texture: np.ndarray) -> np.ndarray:
     th, tw = texture.shape[:2]
-    x0 = int(round(s * (tw - 2 * W)))
-    y0 = int(round(s * (th - 2 * H) * 0.5))
+    x0 = round(s * (tw - 2 * W))
+    y0 = round(s * (th - 2 * H) * 0.5)
     return np.ascontiguousarray(texture[y0 : y0 + 2 * H : 2, x0 : x0 + 2 * W : 2])
 
 

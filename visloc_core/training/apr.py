@@ -112,22 +112,26 @@ def calibrate(dt: np.ndarray, dw: np.ndarray, cal_cfg: dict) -> dict:
     }
 
 
-def _trainer(cfg: dict, work: Path, max_epochs: int) -> tuple[pl.Trainer, pl.callbacks.ModelCheckpoint]:
+def _trainer(cfg: dict, work: Path, max_epochs: int, n_batches: int) -> tuple[pl.Trainer, pl.callbacks.ModelCheckpoint]:
     t = cfg["train"]
     ckpt = pl.callbacks.ModelCheckpoint(
         dirpath=work / "checkpoints",
         filename="best",
         monitor="val/score",
         mode="min",
-        save_last=True,
         save_top_k=1,
         enable_version_counter=False,
+    )
+    # Lightning's save_last only writes when the monitored checkpoint improves; resume needs the
+    # newest epoch, so a second unmonitored callback overwrites last.ckpt after every epoch.
+    last = pl.callbacks.ModelCheckpoint(
+        dirpath=work / "checkpoints", filename="last", monitor=None, save_top_k=1, enable_version_counter=False
     )
     loggers = [
         pl.loggers.CSVLogger(work / "logs", name="csv"),
         pl.loggers.TensorBoardLogger(work / "logs", name="tensorboard", default_hp_metric=False),
     ]
-    callbacks: list[pl.Callback] = [ckpt]
+    callbacks: list[pl.Callback] = [ckpt, last]
     if t["progress_bar"]:
         callbacks.append(pl.callbacks.TQDMProgressBar(refresh_rate=1))
     trainer = pl.Trainer(
@@ -138,7 +142,7 @@ def _trainer(cfg: dict, work: Path, max_epochs: int) -> tuple[pl.Trainer, pl.cal
         max_epochs=max_epochs,
         logger=loggers,
         callbacks=callbacks,
-        log_every_n_steps=int(t["log_every_n_steps"]),
+        log_every_n_steps=max(1, min(int(t["log_every_n_steps"]), n_batches)),
         check_val_every_n_epoch=int(t["check_val_every_n_epoch"]),
         enable_progress_bar=bool(t["progress_bar"]),
         enable_model_summary=False,
@@ -188,7 +192,7 @@ def train(cfg: dict, data: str | Path, out: str | Path, args: argparse.Namespace
         scenes = dm.scenes
     max_epochs = sum(s["epochs"] for s in cfg["train"]["stages"])
     log.info("training %s on %s for %d epochs (work folder %s)", cfg["model"]["name"], data, max_epochs, work)
-    trainer, ckpt = _trainer(cfg, work, max_epochs)
+    trainer, ckpt = _trainer(cfg, work, max_epochs, len(dm.train_dataloader()))
     t0 = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
     if trainer.interrupted:

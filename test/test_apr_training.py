@@ -1,0 +1,232 @@
+"""APR training end to end on a tiny pose-dependent dataset (test/apr_tiny.py).
+
+One short training (via the real `visloc train` command) is shared by the tests:
+- the loss goes down and the model beats the "always predict the mean pose" reference;
+- artifact round trip: load_localizer(artifact) gives the same poses as the in-memory model
+  rebuilt from the best checkpoint;
+- resume continues from the last checkpoint's epoch and step;
+- covariance calibration: on held-out frames (the 'test' split, views between the training views)
+  the fraction of errors within 1/2/3 sigma (3-D Mahalanobis, per block) is sane: >= 75 % within
+  3 sigma (not overconfident) and <= 90 % within 1 sigma (not uselessly wide; a 3-D Gaussian has
+  20 % within 1 sigma);
+- staged training freezes what it says; the model's extra_losses hook is trained and logged;
+- the localizer rejects poses outside the mapped region and non-finite outputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from apr_tiny import make_tiny_dataset
+
+from visloc_core.cli import main as visloc_main
+from visloc_core.data.layout import Dataset
+from visloc_core.geometry import pose_errors, rotvec_from_R
+from visloc_core.localizers import Status, load_localizer
+from visloc_core.models.apr.posenet import PoseNet
+from visloc_core.models.backbones import build_backbone
+from visloc_core.models.registry import APR_MODELS
+from visloc_core.training.apr_module import APRModule
+
+CFG = {
+    "model": {"name": "posenet", "backbone": "efficientnet_lite0", "feature_dim": 128, "dropout": 0.0},
+    "data": {
+        "image_width": 64,
+        "image_height": 48,
+        "batch_size": 8,
+        "val_fraction": 0.25,
+        "val_block": 1,
+        "augment": {
+            "crop": "center",
+            "scale_jitter": 0.0,
+            "brightness": 0.0,
+            "contrast": 0.0,
+            "saturation": 0.0,
+            "hue": 0.0,
+        },
+    },
+    "train": {"epochs": 16, "lr": 1.0e-3, "scheduler": "cosine", "progress_bar": False},
+}
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _column(rows: list[dict], key: str) -> list[float]:
+    return [float(r[key]) for r in rows if r.get(key)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("apr")
+    data = make_tiny_dataset(root / "ds", n_train=40)
+    cfg_path = root / "posenet_tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump(CFG))
+    art = root / "art"
+    assert visloc_main(["train", str(cfg_path), "--data", str(data), "--out", str(art)]) == 0
+    return {"root": root, "data": data, "cfg": cfg_path, "art": art}
+
+
+def _test_frames(data: Path):
+    ds = Dataset(data)
+    return ds, ds.frames("test")
+
+
+def test_loss_goes_down_and_beats_mean_pose(trained) -> None:
+    rows = _read_metrics(trained["art"] / "metrics.csv")
+    L_x, L_q = _column(rows, "train/L_x"), _column(rows, "train/L_q")
+    assert len(L_x) == CFG["train"]["epochs"]
+    assert L_x[-1] < 0.5 * L_x[0] and L_q[-1] < 0.5 * L_q[0]
+    ds, frames = _test_frames(trained["data"])
+    loc = load_localizer(trained["art"])
+    t_err, r_err = [], []
+    for f in frames:
+        res = loc.localize(ds.load_rgb(f), f.camera, f.stamp_ns)
+        assert res.status == Status.LOCALIZED and res.method == "apr/posenet" and res.scene == "line"
+        t, r = pose_errors(res.T_world_cam, f.T_world_cam)
+        t_err.append(float(t))
+        r_err.append(float(r))
+    # reference: always answering the mean training position / a fixed mid-path orientation
+    gt = np.stack([f.T_world_cam[:3, 3] for f in frames])
+    mean_err = np.linalg.norm(gt - gt.mean(axis=0), axis=1)
+    assert np.median(t_err) < 0.6 * np.median(mean_err)
+    assert np.median(r_err) < 0.6 * 10.0  # yaw spans +-20 deg: the mid-path yaw errs by 10 deg on median
+
+
+def test_artifact_round_trip_matches_in_memory_model(trained) -> None:
+    meta = json.loads((trained["art"] / "artifact.json").read_text())
+    assert meta["kind"] == "apr" and meta["model"] == "posenet"
+    assert meta["image"]["width"] == 64 and meta["scenes"][0]["name"] == "line"
+    ckpt = torch.load(
+        trained["root"] / "art.train" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False
+    )
+    module = APRModule(ckpt["hyper_parameters"]["cfg"], ckpt["hyper_parameters"]["scenes"])
+    module.load_state_dict(ckpt["state_dict"])
+    module.eval()
+    loc = load_localizer(trained["art"])
+    ds, frames = _test_frames(trained["data"])
+    for f in frames[::7]:
+        res = loc.localize(ds.load_rgb(f), f.camera, f.stamp_ns)
+        x = loc.preprocess(ds.load_rgb(f))
+        with torch.inference_mode():
+            out = module.model(x)
+            pos = module.denormalise_position(out["position_B3"], torch.zeros(1, dtype=torch.long))[0]
+        q = out["quat_B4"][0] / out["quat_B4"][0].norm()
+        assert np.allclose(res.T_world_cam[:3, 3], pos.double().numpy(), atol=1e-5)
+        R_mem = torch.tensor(res.T_world_cam[:3, :3])  # compare rotations through the quaternion
+        w, xq, y, z = q.double().tolist()
+        R_q = np.array(
+            [
+                [1 - 2 * (y * y + z * z), 2 * (xq * y - z * w), 2 * (xq * z + y * w)],
+                [2 * (xq * y + z * w), 1 - 2 * (xq * xq + z * z), 2 * (y * z - xq * w)],
+                [2 * (xq * z - y * w), 2 * (y * z + xq * w), 1 - 2 * (xq * xq + y * y)],
+            ]
+        )
+        assert np.allclose(R_mem.numpy(), R_q, atol=1e-5)
+
+
+def test_covariance_scale_on_held_out_frames(trained) -> None:
+    ds, frames = _test_frames(trained["data"])
+    loc = load_localizer(trained["art"])
+    dt, dw = [], []
+    for f in frames:
+        res = loc.localize(ds.load_rgb(f), f.camera, f.stamp_ns)
+        assert np.allclose(res.covariance_66, np.diag(np.diag(res.covariance_66)))
+        dt.append(res.T_world_cam[:3, 3] - f.T_world_cam[:3, 3])
+        dw.append(rotvec_from_R(f.T_world_cam[:3, :3] @ res.T_world_cam[:3, :3].T))
+    var = np.diag(loc.covariance_66)
+    m_t = np.sqrt((np.array(dt) ** 2 / var[:3]).sum(axis=1))
+    m_r = np.sqrt((np.array(dw) ** 2 / var[3:]).sum(axis=1))
+    for m in (m_t, m_r):
+        assert np.mean(m <= 3) >= 0.75
+        assert np.mean(m <= 1) <= 0.9
+        assert np.mean(m <= 1) <= np.mean(m <= 2) <= np.mean(m <= 3)
+    cal = json.loads((trained["art"] / "artifact.json").read_text())["calibration"]
+    assert cal["n_frames"] == 10 and len(cal["translation_var_m2"]) == 3
+
+
+def test_resume_continues_from_last_checkpoint(trained) -> None:
+    art2 = trained["root"] / "art_resumed"
+    work = trained["root"] / "art.train"
+    last = torch.load(work / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    n_epochs = CFG["train"]["epochs"]
+    assert last["epoch"] == n_epochs - 1
+    args = ["train", str(trained["cfg"]), "--data", str(trained["data"]), "--out", str(art2)]
+    args += ["--work-dir", str(work), "--resume", "--epochs", str(n_epochs + 2)]
+    assert visloc_main(args) == 0
+    rows = _read_metrics(art2 / "metrics.csv")  # the resumed run's own log
+    epochs = sorted({int(r["epoch"]) for r in rows})
+    assert epochs == [n_epochs, n_epochs + 1]
+    steps = [int(r["step"]) for r in rows]
+    assert min(steps) > last["global_step"] - 1
+    meta = json.loads((art2 / "artifact.json").read_text())
+    assert meta["training"]["epochs"] == n_epochs + 2
+    # resuming without a checkpoint is a clear error
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        from visloc_core.training.apr import train
+
+        train(CFG, trained["data"], trained["root"] / "other", type("A", (), {"resume": True})())
+
+
+@APR_MODELS.register("posenet_test_extra")
+class _PoseNetWithExtra(PoseNet):
+    """PoseNet plus an extra loss (pulls the orientation head bias towards 0) to exercise the hook."""
+
+    def extra_losses(self, outputs, batch) -> dict[str, torch.Tensor]:
+        return {"bias_l2": (self.head_orientation.bias**2).sum()}
+
+
+def test_stages_freeze_and_extra_losses(trained) -> None:
+    cfg = json.loads(json.dumps(CFG))
+    cfg["model"]["name"] = "posenet_test_extra"
+    cfg["train"]["stages"] = [
+        {"name": "heads", "epochs": 2, "lr": 1.0e-3, "freeze": ["backbone.", "loss."]},
+        # unfreezes the loss weights only: the backbone stays frozen (stages replay on top of each other)
+        {"name": "weights", "epochs": 1, "unfreeze": ["loss."], "extra_loss_weights": {"bias_l2": 10.0}},
+    ]
+    cfg_path = trained["root"] / "staged.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    art = trained["root"] / "art_staged"
+    assert visloc_main(["train", str(cfg_path), "--data", str(trained["data"]), "--out", str(art)]) == 0
+    rows = _read_metrics(art / "metrics.csv")
+    assert len(_column(rows, "train/bias_l2")) == 3  # the extra loss is computed and logged every epoch
+    s_q = _column(rows, "train/s_q")
+    assert s_q[0] == s_q[1] == pytest.approx(-3.0, abs=1e-7)  # loss weights frozen in stage 1 ...
+    assert abs(s_q[2] + 3.0) > 1e-5  # ... and trained in stage 2
+    sd = torch.load(trained["root"] / "art_staged.train" / "checkpoints" / "last.ckpt", weights_only=False)[
+        "state_dict"
+    ]
+    ref = build_backbone("efficientnet_lite0", pretrained=True).state_dict()
+    for k, v in ref.items():  # frozen backbone: ImageNet weights and BN statistics untouched
+        assert torch.equal(sd[f"model.backbone.{k}"], v), k
+    init = _PoseNetWithExtra(cfg["model"] | {"pretrained": False})
+    assert not torch.equal(sd["model.head_position.weight"], init.head_position.weight)
+
+
+def test_localizer_rejects_outside_region_and_nonfinite(trained, tmp_path) -> None:
+    import shutil
+
+    art = tmp_path / "art"
+    shutil.copytree(trained["art"], art)
+    meta = json.loads((art / "artifact.json").read_text())
+    meta["scenes"][0]["region_min"] = [10.0, 10.0, 10.0]
+    meta["scenes"][0]["region_max"] = [11.0, 11.0, 11.0]
+    (art / "artifact.json").write_text(json.dumps(meta))
+    ds, frames = _test_frames(trained["data"])
+    loc = load_localizer(art)
+    res = loc.localize(ds.load_rgb(frames[0]), frames[0].camera, frames[0].stamp_ns)
+    assert res.status == Status.REJECTED and "outside the mapped region" in res.status_reason
+    assert np.all(np.isfinite(res.T_world_cam))  # the rejected pose is still reported for diagnostics
+    loc.model.head_position.bias.data[:] = float("nan")
+    res = loc.localize(ds.load_rgb(frames[0]), frames[0].camera, frames[0].stamp_ns)
+    assert res.status == Status.REJECTED and "non-finite" in res.status_reason
+    with pytest.raises(ValueError, match="uint8"):
+        loc.localize(ds.load_rgb(frames[0]).astype(np.float32), frames[0].camera, 0)
