@@ -1,0 +1,75 @@
+"""Appearance conditions: built-in presets and the sensor effects applied after rendering.
+
+A condition (``spec.ConditionSpec``) sets the lighting the renderer uses (ambient + one
+directional "sun" + an optional headlamp at the camera, exposure gain, sky colours), which of the
+scene's moving actors are present, and the sensor: motion blur (sub-frames averaged over the
+shutter time, done by the generator) and noise (here). The mapping sequences use ``day``; query
+sets add shifted conditions the way the Extended Cambridge Landmarks adds evening/winter/summer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .spec import ConditionSpec
+
+BUILTIN_CONDITIONS: dict[str, ConditionSpec] = {
+    # The normal condition: what mapping sequences are recorded in.
+    "day": ConditionSpec(name="day"),
+    # Low warm sun from the side, bluish ambient, orange sky; darker overall.
+    "dusk": ConditionSpec(
+        name="dusk",
+        ambient=0.28,
+        ambient_color=(0.75, 0.8, 1.0),
+        sun_intensity=0.75,
+        sun_color=(1.0, 0.55, 0.25),
+        sun_azimuth_deg=200.0,
+        sun_elevation_deg=8.0,
+        sky_zenith=(0.25, 0.2, 0.45),
+        sky_horizon=(0.95, 0.5, 0.25),
+        noise_std=2.0,
+        shot_noise=0.3,
+    ),
+    # Dark blue ambient, a headlamp on the robot, noisy sensor, some blur (longer shutter).
+    "night": ConditionSpec(
+        name="night",
+        ambient=0.05,
+        ambient_color=(0.5, 0.6, 1.0),
+        sun_intensity=0.0,
+        headlamp=1.1,
+        headlamp_range=3.0,
+        exposure=1.2,
+        sky_zenith=(0.01, 0.01, 0.04),
+        sky_horizon=(0.05, 0.05, 0.1),
+        noise_std=4.0,
+        shot_noise=0.8,
+        blur_exposure_s=0.03,
+    ),
+    # Bright light and a too-long exposure: clipped highlights.
+    "overexposed": ConditionSpec(name="overexposed", ambient=0.7, sun_intensity=0.8, exposure=2.2, noise_std=1.0),
+    # Normal lighting with many people/vehicles and motion blur.
+    "crowded": ConditionSpec(name="crowded", blur_exposure_s=0.02, noise_std=2.0, shot_noise=0.3),
+}
+
+
+def sun_direction(cond: ConditionSpec) -> np.ndarray:
+    """Unit vector (world, z up) pointing TOWARDS the directional light."""
+    az = np.radians(cond.sun_azimuth_deg)
+    el = np.radians(cond.sun_elevation_deg)
+    return np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+
+
+def apply_sensor_noise(rgb_HW3: np.ndarray, cond: ConditionSpec, rng: np.random.Generator) -> np.ndarray:
+    """Add read noise (std ``noise_std`` grey levels) and shot noise (std ``shot_noise * sqrt(value)``).
+
+    ``rgb_HW3`` is float (0..255) or uint8; returns uint8. The noise comes from ``rng`` only, so a
+    seeded generator gives identical images.
+    """
+    img = rgb_HW3.astype(np.float32)
+    if cond.noise_std <= 0 and cond.shot_noise <= 0:
+        return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    std = np.float32(cond.noise_std)
+    if cond.shot_noise > 0:
+        std = np.sqrt(std * std + np.float32(cond.shot_noise) ** 2 * np.maximum(img, 0.0))
+    img = img + rng.standard_normal(img.shape, dtype=np.float32) * std
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
