@@ -45,6 +45,11 @@ class RelPoseEstimate:
     # estimators). When False and E is given, the hypothesis filter considers both rotations of E and
     # both signs of t, as paper 003 does for a regressed E.
     cheirality_checked: bool = False
+    # Metric estimates from PnP may keep their inlier 2D-3D correspondences: query points in
+    # normalised coordinates (N, 2) and world points (N, 3), so that the localizer can refine one
+    # pose jointly over all agreeing references. None when not available.
+    points2d_query_N2: np.ndarray | None = None  # noqa: N815  (shape suffix, STYLE.md)
+    points3d_world_N3: np.ndarray | None = None  # noqa: N815
 
 
 class RelPoseEstimator(ABC):

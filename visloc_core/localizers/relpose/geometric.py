@@ -51,7 +51,7 @@ class GeometricConfig:
     pnp: bool = True  # use map depth for a metric PnP pose when the keyframe has depth
     pnp_solver: str = "poselib"  # poselib | opencv
     pnp_threshold_px: float = 3.0  # reprojection error bound for PnP inliers
-    min_pnp_inliers: int = 15  # fewer PnP inliers -> fall back to the essential matrix
+    min_pnp_inliers: int = 25  # fewer PnP inliers -> fall back to the essential matrix
     device: str = "cpu"
 
     @classmethod
@@ -168,6 +168,7 @@ class _FeatureEstimator(RelPoseEstimator):
                     est = RelPoseEstimate(
                         T_q_world @ kf.T_world_cam, metric=True, num_inliers=n_in,
                         confidence=n_in / len(m), cheirality_checked=True,
+                        points2d_query_N2=xq[ok][mask], points3d_world_N3=p_world[mask],
                     )  # fmt: skip
         if est is None:
             r = solve_essential(xr, xq, cfg.threshold_px / f_q, cfg.solver, cfg.max_iterations)

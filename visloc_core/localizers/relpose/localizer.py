@@ -8,7 +8,9 @@
 2. the configured estimator (RELPOSE_ESTIMATORS) gives T_q_r for each reference;
 3. :func:`hypotheses.filter_hypotheses` turns them into T_world_cam + 6x6 covariance (metric
    PnP estimates are hypotheses too); too few agreeing references -> the top retrieved pose
-   (``filtering.fallback: top1``, paper) or NOT_LOCALIZED (``reject``).
+   (``filtering.fallback: top1``, paper) or NOT_LOCALIZED (``reject``);
+4. metric case (map depth): the pose is re-estimated by ONE PnP over the 2D-3D inliers of all
+   agreeing references (``joint_pnp: true``), the filter having removed the disagreeing ones.
 
 Stage timings (seconds) in ``LocalizationResult.stage_seconds``: retrieval, features, matching,
 geometry, filtering, total. ``num_inliers`` is the sum of feature inliers of the inlier references;
@@ -104,6 +106,27 @@ class RelposeLocalizer(Localizer):
         sim_of = dict(zip(idx.tolist(), sims.tolist()))
         return chosen, np.array([sim_of[i] for i in chosen])
 
+    def _joint_pnp(self, ests: list, inlier_mask: np.ndarray, cam: PinholeCamera) -> np.ndarray | None:
+        """One PnP over the 2D-3D inliers of all metric inlier references (they share the world
+        frame), which uses every reference's points at once instead of averaging per-reference poses.
+        Returns T_world_cam or None (too few points / failure)."""
+        from ...geometry import invert_T
+        from .solvers import solve_pnp
+
+        x = [
+            e.points2d_query_N2 for e, m in zip(ests, inlier_mask) if m and e.metric and e.points2d_query_N2 is not None
+        ]
+        X = [
+            e.points3d_world_N3 for e, m in zip(ests, inlier_mask) if m and e.metric and e.points3d_world_N3 is not None
+        ]
+        if len(x) < 2:  # one reference: its own PnP already is the joint one
+            return None
+        thr_px = float(self.cfg["estimator"].get("pnp_threshold_px", 3.0))
+        r = solve_pnp(np.concatenate(x), np.concatenate(X), thr_px / (0.5 * (cam.fx + cam.fy)), "poselib")
+        if r is None or r[1].sum() < 0.5 * sum(len(a) for a in x):
+            return None
+        return invert_T(r[0])
+
     def localize(
         self,
         image_rgb_HW3: np.ndarray,
@@ -133,6 +156,11 @@ class RelposeLocalizer(Localizer):
         t0 = time.perf_counter()
         obs = [Observation.from_estimate(e, kf.T_world_cam) if e.ok else None for e, kf in zip(ests, refs)]
         res = filter_hypotheses(obs, refs[0].T_world_cam, self.filter_cfg)
+        joint = None
+        if res.metric and not res.fallback and self.cfg.get("joint_pnp", True):
+            joint = self._joint_pnp(ests, res.inlier_mask, cam)
+            if joint is not None:
+                res.T_world_cam = joint
         stages["filtering"] = time.perf_counter() - t0
         stages["total"] = time.perf_counter() - t_start
         ref_ids = [kf.key for kf in refs]
@@ -144,6 +172,7 @@ class RelposeLocalizer(Localizer):
             "valid_estimates": int(sum(o is not None for o in obs)),
             "retrieval_similarity": [round(float(s), 4) for s in sims],
             "hypotheses": int(res.num_hypotheses),
+            "joint_pnp": joint is not None,
         }
         if not np.all(np.isfinite(res.T_world_cam)):
             return LocalizationResult.not_localized(

@@ -62,6 +62,7 @@ DEFAULT_CONFIG: dict = {
     "estimator": {"name": "xfeat"},  # relative-pose estimator (RELPOSE_ESTIMATORS), + its keys
     "retrieval": {},  # RetrievalConfig keys
     "filtering": {},  # hypotheses.FilterConfig keys
+    "joint_pnp": True,  # metric maps: final PnP over the inlier references' correspondences jointly
 }
 
 

@@ -1,0 +1,138 @@
+"""End to end: `visloc map build` on a tiny rendered dataset, load_localizer, localize against truth."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from relpose_scene import write_dataset
+
+from visloc_core.cli import main as visloc_main
+from visloc_core.data.layout import Dataset
+from visloc_core.geometry import pose_errors
+from visloc_core.localizers import Status, load_localizer
+from visloc_core.localizers.relpose import RelposeLocalizer
+from visloc_core.localizers.relpose.mapping import build_map, load_config
+
+CFG = "config/models/relpose_xfeat.yaml"
+
+
+@pytest.fixture(scope="module")
+def room(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("data") / "room", n_train=16, n_test=4, size=(160, 120))
+
+
+@pytest.fixture(scope="module")
+def xfeat_map(room, tmp_path_factory):
+    out = tmp_path_factory.mktemp("maps") / "xfeat"
+    code = visloc_main(
+        ["map", "build", CFG, "--data", str(room), "--out", str(out), "--set", "image_size=null", "--no-progress"]
+    )
+    assert code == 0
+    return out
+
+
+def _evaluate(loc, room, **kw):
+    ds = Dataset(room)
+    out = []
+    for fr in ds.frames("test"):
+        res = loc.localize(ds.load_rgb(fr), fr.camera, fr.stamp_ns, **kw)
+        out.append((fr, res, *pose_errors(res.T_world_cam, fr.T_world_cam)))
+    return out
+
+
+def test_artifact_is_self_contained(xfeat_map, room):
+    meta = json.loads((xfeat_map / "artifact.json").read_text())
+    assert meta["kind"] == "relpose" and meta["n_keyframes"] == 16 and meta["has_depth"]
+    assert meta["estimator"] == "xfeat" and meta["descriptor"] == "gem"
+    for name in ("config.yaml", "index.faiss", "features.npz", "keyframes.json", "descriptor/descriptor.json"):
+        assert (xfeat_map / name).is_file(), name
+    assert len(list((xfeat_map / "images").glob("*.png"))) == 16
+    assert not list(xfeat_map.parent.glob(".xfeat.partial-*"))  # the temporary folder was renamed
+    with np.load(xfeat_map / "features.npz") as z:
+        assert z["0/xfeat_descriptors"].dtype == np.float16
+        assert z["0/xfeat_depth"].shape == z["0/xfeat_keypoints"].shape[:1]
+
+
+def test_localizes_queries_with_metric_accuracy(xfeat_map, room):
+    loc = load_localizer(xfeat_map)
+    assert isinstance(loc, RelposeLocalizer) and loc.method == "relpose/xfeat"
+    results = _evaluate(loc, room)
+    t_err = np.array([r[2] for r in results])
+    r_err = np.array([r[3] for r in results])
+    metric = [r for r in results if not r[1].extras["fallback"]]
+    for _, res, _, _ in results:
+        assert res.status == Status.LOCALIZED  # a fallback is LOCALIZED with the top-1 pose (paper)
+        assert len(res.reference_ids) == 5 and all(k.startswith("room/map/") for k in res.reference_ids)
+        assert {"retrieval", "features", "matching", "geometry", "filtering", "total"} <= set(res.stage_seconds)
+        assert np.all(np.linalg.eigvalsh(res.covariance_66) > 0)
+    # At 160x120 (f = 96 px) XFeat keypoints are ~1-2 px precise: measured 0.035-0.10 m, 0.4-1.2 deg
+    # for 3 of 4 queries; one query's retrieval misses its nearest keyframe and falls back to top-1.
+    assert len(metric) >= 3
+    for _, res, t, r in metric:
+        assert res.extras["metric"] and res.extras["joint_pnp"] and res.num_inliers > 50 and 0 < res.confidence <= 1
+        assert t < 0.15 and r < 2.0, (t, r)
+    for _, res, t, _ in results:
+        if res.extras["fallback"]:
+            assert res.confidence == 0 and "fallback" in res.status_reason
+            assert t < 1.5  # top-1 retrieved keyframe: on the same side of the room
+    assert np.median(t_err) < 0.12 and np.median(r_err) < 1.5
+
+
+def test_direction_only_triangulation_and_ablation(xfeat_map, room):
+    # Without depth (PnP off) the centre comes from the multi-reference triangulation of the
+    # hypothesis filter; without filtering, from the top-2 pair only.
+    # (accuracy of this path is measured at 320x240 by `visloc bench relpose`; at 160x120 the
+    # translation directions are too noisy for the 10-degree consistency test, so most queries fall
+    # back: here we check the plumbing and the fallback contract.)
+    loc = RelposeLocalizer(xfeat_map, overrides={"estimator": {"pnp": False}})
+    for _, res, t, _ in _evaluate(loc, room):
+        assert res.status == Status.LOCALIZED and not res.extras["metric"]
+        if res.extras["fallback"]:
+            top = loc.keyframes[[kf.key for kf in loc.keyframes].index(res.reference_ids[0])]
+            np.testing.assert_array_equal(res.T_world_cam, top.T_world_cam)
+        else:
+            assert len(res.extras["inlier_references"]) >= 3 and t < 1.0
+    plain = RelposeLocalizer(xfeat_map, overrides={"estimator": {"pnp": False}, "filtering": {"enabled": False}})
+    for _, res, _, _ in _evaluate(plain, room):
+        assert res.extras["hypotheses"] <= 1
+
+
+def test_prior_restricts_retrieval(xfeat_map, room):
+    loc = RelposeLocalizer(xfeat_map, overrides={"retrieval": {"prior_radius_m": 0.8}})
+    ds = Dataset(room)
+    fr = ds.frames("test")[0]
+    far = np.eye(4)
+    far[:3, 3] = loc.centers_N3[8]  # a prior on the other side of the circle
+    res = loc.localize(ds.load_rgb(fr), fr.camera, fr.stamp_ns, prior=far)
+    near = np.linalg.norm(loc.centers_N3 - loc.centers_N3[8], axis=1) <= 0.8
+    keys = {loc.keyframes[i].key for i in np.flatnonzero(near)}
+    assert set(res.reference_ids) <= keys
+
+
+def test_bad_input_is_reported(xfeat_map, room, tmp_path):
+    loc = load_localizer(xfeat_map)
+    ds = Dataset(room)
+    fr = ds.frames("test")[0]
+    with pytest.raises(ValueError, match="camera"):
+        loc.localize(ds.load_rgb(fr)[:100], fr.camera, 0)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        build_map(load_config(CFG), room, xfeat_map)
+    with pytest.raises(ValueError, match="no split"):
+        build_map(load_config(CFG), room, tmp_path / "m", split="nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: apr\n")
+    with pytest.raises(ValueError, match="relpose"):
+        load_config(bad)
+
+
+def test_sift_baseline_map(room, tmp_path):
+    cfg = load_config("config/models/relpose_sift.yaml")
+    cfg["image_size"] = None
+    out = build_map(cfg, room, tmp_path / "sift", progress=False)
+    loc = load_localizer(out)
+    assert loc.method == "relpose/sift"
+    results = _evaluate(loc, room)
+    assert all(r[1].status == Status.LOCALIZED for r in results)  # fallback counts as a pose (paper)
+    assert all(np.isfinite(r[2]) for r in results)
