@@ -1,0 +1,587 @@
+"""A rosbag2 recording (sqlite3 or mcap) -> a dataset in the visloc layout (``visloc dataset from-bag``).
+
+Read with the pure-Python ``rosbags`` (no ROS needed), in two passes:
+
+1. the small topics: the pose source (a PoseStamped / PoseWithCovarianceStamped / Odometry /
+   TransformStamped topic, or /tf), /tf_static and camera_info;
+2. the image topic (and the optional depth topic); each image gets the camera pose interpolated at
+   its header stamp and is written straight to the dataset (no image is held in memory longer
+   than needed to pair it with its depth image).
+
+Pose of a frame::
+
+    T_world_cam(t) = T_world_body(t) @ T_body_cam
+
+``T_world_body`` is the pose source at the image stamp (linear / SLERP interpolation with
+:func:`visloc_core.geometry.interpolate_poses`; a frame is kept only when it lies on a pose sample
+or between two samples at most ``max_gap_s`` apart; no extrapolation). ``body`` is the frame the
+pose source describes (Odometry's child_frame_id, the CHILD of ``--pose-tf PARENT:CHILD``, or
+``pose_frame`` for PoseStamped, default base_link). ``T_body_cam`` (the extrinsic) is, in order: the
+``extrinsic`` option; the identity when the image's frame_id is ``body``; the /tf_static chain from
+``body`` to the image frame (with ``--pose-tf``, any TF chain, interpolated at the stamp). The image
+frame must be the camera's OPTICAL frame (REP-103: z forward, x right, y down), as the header of a
+sensor_msgs/Image is by definition.
+
+Images: raw ones are stored as PNG holding exactly the message's pixels (bit-exact round trip;
+``step`` padding dropped; bgr/bgra reordered to PNG's RGB/RGBA; mono8/mono16 as grey PNGs);
+compressed ones as their original bytes. Every skipped or malformed message is counted by reason
+in :class:`FromBagSummary`; only configuration errors (missing topic, no pose source, no
+intrinsics, unresolvable extrinsic) stop the run. The output is written atomically
+(:class:`~visloc_core.data.layout.DatasetWriter`): a failed or interrupted run leaves no dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rosbags.highlevel import AnyReader, AnyReaderError
+from rosbags.typesys import Stores, get_typestore
+from tqdm import tqdm
+
+from ...geometry import PinholeCamera, T_from_position_quat_wxyz, interpolate_poses, quat_xyzw_to_wxyz
+from ..layout import DatasetWriter
+from ..png import encode_png
+from .messages import (
+    POSE_TYPES,
+    MalformedMessageError,
+    PoseSample,
+    T_from_ros_transform,
+    camera_from_info,
+    compressed_image,
+    depth_metres,
+    pose_from_msg,
+    raw_image_pixels,
+    stamp_ns,
+)
+from .tf_graph import FrameGraph, TFLookupError
+
+log = logging.getLogger(__name__)
+
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+TF_TYPE = "tf2_msgs/msg/TFMessage"
+
+
+class BagError(ValueError):
+    """The bag cannot be converted with these options; the message says what to change."""
+
+
+@dataclass
+class FromBagOptions:
+    """What to read from the bag. Stamps and gaps in seconds are converted to int ns internally."""
+
+    image_topic: str
+    pose_topic: str | None = None  # PoseStamped / PoseWithCovarianceStamped / Odometry / TransformStamped
+    pose_tf: tuple[str, str] | None = None  # (PARENT, CHILD): T_PARENT_CHILD from /tf + /tf_static
+    camera_info_topic: str | None = None  # None: <image namespace>/camera_info when the bag has it
+    depth_topic: str | None = None  # 16UC1 (mm) or 32FC1 (m), registered to the image (same size)
+    pose_frame: str | None = None  # frame described by a PoseStamped topic (default base_link)
+    camera_frame: str | None = None  # overrides the image header frame_id (must be an optical frame)
+    extrinsic: np.ndarray | None = None  # 4x4 T_body_cam (camera optical frame in the body frame); overrides TF
+    intrinsics_fxfycxcy: tuple[float, float, float, float] | None = None  # pixels; when the bag has no camera_info
+    max_gap_s: float = 0.1  # longest interval between the two pose samples around a frame
+    depth_max_dt_s: float = 0.01  # |image stamp - depth stamp| accepted when pairing depth
+    stride: int = 1  # keep every stride-th image message
+    tf_topic: str = "/tf"
+    tf_static_topic: str = "/tf_static"
+    scene: str | None = None  # default: the bag folder name
+    sequence: str = "seq-01"
+    split: str = "train"
+    condition: str = "normal"
+    png_level: int = 0  # 0: uncompressed PNG (fast, bit-exact); 1-9: smaller files, slower
+
+    def __post_init__(self) -> None:
+        if (self.pose_topic is None) == (self.pose_tf is None):
+            raise BagError("give exactly one pose source: --pose-topic TOPIC or --pose-tf PARENT:CHILD")
+        if self.max_gap_s <= 0:
+            raise BagError(f"--max-gap must be > 0 seconds, got {self.max_gap_s}")
+        if self.stride < 1:
+            raise BagError(f"--stride must be >= 1, got {self.stride}")
+        if self.extrinsic is not None:
+            T = np.asarray(self.extrinsic, dtype=np.float64)
+            if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+                raise BagError("the extrinsic must be a finite 4x4 T_body_cam")
+
+
+@dataclass
+class FromBagSummary:
+    """What happened: counts of messages seen, frames written and everything skipped, by reason."""
+
+    out: Path | None = None
+    n_image_messages: int = 0
+    n_frames: int = 0
+    n_with_depth: int = 0
+    n_pose_samples: int = 0
+    n_camera_infos: int = 0
+    n_without_depth: int = 0  # frames written without depth although a depth topic was given
+    image_bytes: int = 0  # payload bytes of the image messages read (for throughput)
+    skipped: Counter = field(default_factory=Counter)  # reason -> count of image frames not written
+    malformed: Counter = field(default_factory=Counter)  # "topic: reason" -> count (non-image messages too)
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [
+            f"frames written: {self.n_frames} of {self.n_image_messages} image messages"
+            + (f" ({self.n_with_depth} with depth)" if self.n_with_depth else ""),
+            f"pose samples: {self.n_pose_samples}, camera_info messages: {self.n_camera_infos}",
+        ]
+        if self.skipped:
+            out.append("frames skipped:")
+            out += [f"  {n:6d}  {reason}" for reason, n in self.skipped.most_common()]
+        if self.malformed:
+            out.append("malformed messages (counted, not fatal):")
+            out += [f"  {n:6d}  {reason}" for reason, n in self.malformed.most_common()]
+        out += [f"note: {n}" for n in self.notes]
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "n_image_messages": self.n_image_messages,
+            "n_frames": self.n_frames,
+            "n_with_depth": self.n_with_depth,
+            "n_pose_samples": self.n_pose_samples,
+            "n_camera_infos": self.n_camera_infos,
+            "skipped": dict(self.skipped),
+            "malformed": dict(self.malformed),
+            "notes": list(self.notes),
+        }
+
+
+def parse_extrinsic(text: str) -> np.ndarray:
+    """ "x y z qx qy qz qw" (metres; quaternion x, y, z, w as in ROS) -> 4x4 T_body_cam."""
+    try:
+        vals = [float(v) for v in text.replace(",", " ").split()]
+    except ValueError as err:
+        raise BagError(f"--extrinsic {text!r}: not numbers ({err})") from err
+    if len(vals) != 7 or not np.all(np.isfinite(vals)):
+        raise BagError(f'--extrinsic needs 7 finite numbers "x y z qx qy qz qw", got {text!r}')
+    q = np.asarray(vals[3:], dtype=np.float64)
+    if abs(np.linalg.norm(q) - 1.0) > 1e-3:
+        raise BagError(f"--extrinsic quaternion (qx qy qz qw) must have unit norm, |q| = {np.linalg.norm(q):.6g}")
+    return T_from_position_quat_wxyz(np.asarray(vals[:3]), quat_xyzw_to_wxyz(q))
+
+
+def resolve_bag_path(bag: str | Path) -> Path:
+    """A rosbag2 folder (with metadata.yaml); a .db3/.mcap file inside one is accepted too."""
+    p = Path(bag)
+    if not p.exists():
+        raise FileNotFoundError(f"bag {p} does not exist")
+    if p.is_file():
+        if (p.parent / "metadata.yaml").is_file():
+            return p.parent
+        raise BagError(f"{p} is a file without metadata.yaml next to it; give the rosbag2 folder")
+    if not (p / "metadata.yaml").is_file():
+        raise BagError(f"{p} is not a rosbag2 folder (no metadata.yaml)")
+    return p
+
+
+def _default_camera_info_topic(image_topic: str) -> str:
+    # /camera/image_raw -> /camera/camera_info ; /camera/image_raw/compressed -> /camera/camera_info
+    parts = image_topic.rstrip("/").split("/")
+    if parts[-1] in ("compressed", "compressedDepth", "theora"):
+        parts = parts[:-1]
+    return "/".join(parts[:-1] + ["camera_info"])
+
+
+class _PoseSeries:
+    """Poses of one topic: sorted, duplicate stamps dropped (last wins), interpolated on demand."""
+
+    def __init__(self, samples: list[PoseSample]) -> None:
+        samples = sorted(samples, key=lambda s: s.stamp_ns)
+        by_stamp: dict[int, PoseSample] = {s.stamp_ns: s for s in samples}
+        self.stamps = np.array(sorted(by_stamp), dtype=np.int64)
+        self.T = np.array([by_stamp[int(t)].T_parent_child for t in self.stamps]).reshape(-1, 4, 4)
+
+    def at(self, stamps_ns: np.ndarray, max_gap_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        return interpolate_poses(self.stamps, self.T, stamps_ns, max_gap_ns)
+
+
+def _connections(reader: AnyReader, topic: str | None) -> list:
+    if topic is None:
+        return []
+    return [c for c in reader.connections if c.topic == topic]
+
+
+def _topics_listing(reader: AnyReader) -> str:
+    return ", ".join(f"{t} ({info.msgtype})" for t, info in sorted(reader.topics.items()))
+
+
+def dataset_from_bag(
+    bag: str | Path,
+    out: str | Path,
+    options: FromBagOptions,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> FromBagSummary:
+    """Convert ``bag`` into a visloc dataset at ``out`` (see the module docstring). Returns the summary."""
+    bag_path = resolve_bag_path(bag)
+    o = options
+    summary = FromBagSummary()
+    max_gap_ns = round(o.max_gap_s * 1e9)
+    depth_dt_ns = round(o.depth_max_dt_s * 1e9)
+    scene = o.scene or bag_path.name
+    try:
+        reader = AnyReader([bag_path], default_typestore=get_typestore(Stores.ROS2_HUMBLE))
+        reader.open()
+    except AnyReaderError as err:
+        raise BagError(f"cannot open bag {bag_path}: {err}") from err
+    try:
+        img_conns = _connections(reader, o.image_topic)
+        if not img_conns:
+            raise BagError(f"image topic {o.image_topic!r} is not in the bag; topics: {_topics_listing(reader)}")
+        img_type = img_conns[0].msgtype
+        if img_type not in (IMAGE_TYPE, COMPRESSED_TYPE):
+            raise BagError(f"{o.image_topic} has type {img_type}; need {IMAGE_TYPE} or {COMPRESSED_TYPE}")
+        depth_conns = _connections(reader, o.depth_topic)
+        if o.depth_topic and not depth_conns:
+            raise BagError(f"depth topic {o.depth_topic!r} is not in the bag; topics: {_topics_listing(reader)}")
+        if depth_conns and depth_conns[0].msgtype != IMAGE_TYPE:
+            raise BagError(f"{o.depth_topic} has type {depth_conns[0].msgtype}; need {IMAGE_TYPE} (16UC1 or 32FC1)")
+        info_topic = o.camera_info_topic
+        if info_topic is None:
+            guess = _default_camera_info_topic(o.image_topic)
+            info_topic = guess if _connections(reader, guess) else None
+        info_conns = _connections(reader, info_topic)
+        if o.camera_info_topic and not info_conns:
+            raise BagError(
+                f"camera_info topic {o.camera_info_topic!r} is not in the bag; topics: {_topics_listing(reader)}"
+            )
+        if not info_conns and o.intrinsics_fxfycxcy is None:
+            raise BagError(
+                f"no camera_info found for {o.image_topic} (tried {_default_camera_info_topic(o.image_topic)}); "
+                "pass --camera-info-topic or --intrinsics"
+            )
+
+        # ---------------------------------------------------------------- pass 1: small topics
+        graph = FrameGraph()
+        pose_samples: list[PoseSample] = []
+        cams: list[tuple[int, PinholeCamera]] = []
+        static_conns = _connections(reader, o.tf_static_topic)
+        tf_conns = _connections(reader, o.tf_topic) if o.pose_tf else []
+        pose_conns = _connections(reader, o.pose_topic)
+        if o.pose_topic:
+            if not pose_conns:
+                raise BagError(f"pose topic {o.pose_topic!r} is not in the bag; topics: {_topics_listing(reader)}")
+            if pose_conns[0].msgtype not in POSE_TYPES:
+                raise BagError(f"{o.pose_topic} has type {pose_conns[0].msgtype}; supported: {', '.join(POSE_TYPES)}")
+        elif not tf_conns and not static_conns:
+            raise BagError(
+                f"--pose-tf needs {o.tf_topic} and/or {o.tf_static_topic}; topics: {_topics_listing(reader)}"
+            )
+        pose_topic_ids = {c.id for c in pose_conns}
+        for conn, _t, raw in reader.messages(connections=pose_conns + tf_conns + static_conns + info_conns):
+            try:
+                msg = reader.deserialize(raw, conn.msgtype)
+            except Exception as err:  # rosbags raises several types for broken CDR
+                summary.malformed[f"{conn.topic}: cannot deserialize"] += 1
+                log.debug("%s: %s", conn.topic, err)
+                continue
+            try:
+                if conn.id in pose_topic_ids:
+                    pose_samples.append(pose_from_msg(msg, conn.msgtype))
+                elif conn.msgtype == CAMERA_INFO_TYPE:
+                    cams.append((stamp_ns(msg.header), camera_from_info(msg)))
+                elif conn.msgtype == TF_TYPE:
+                    static = conn.topic == o.tf_static_topic
+                    for tr in msg.transforms:
+                        try:
+                            graph.add(
+                                str(tr.header.frame_id),
+                                str(tr.child_frame_id),
+                                T_from_ros_transform(tr.transform),
+                                stamp_ns(tr.header),
+                                static,
+                            )
+                        except MalformedMessageError as err:
+                            summary.malformed[f"{conn.topic}: {err.reason}"] += 1
+                        except ValueError as err:
+                            summary.malformed[f"{conn.topic}: invalid transform ({err})"] += 1
+            except MalformedMessageError as err:
+                summary.malformed[f"{conn.topic}: {err.reason}"] += 1
+                log.debug("%s: %s", conn.topic, err)
+
+        summary.n_camera_infos = len(cams)
+        if info_conns and not cams and o.intrinsics_fxfycxcy is None:
+            raise BagError(f"{info_topic} has no usable camera_info message (see the counts of malformed messages)")
+        cams.sort(key=lambda c: c[0])
+        cam_stamps = np.array([c[0] for c in cams], dtype=np.int64)
+
+        # The pose source: T_world_body(t) and the name of body.
+        if o.pose_topic:
+            if not pose_samples:
+                raise BagError(f"pose topic {o.pose_topic} has no usable message")
+            series = _PoseSeries(pose_samples)
+            summary.n_pose_samples = int(series.stamps.size)
+            world = pose_samples[0].parent
+            body = o.pose_frame or pose_samples[0].child or "base_link"
+            if len({s.parent for s in pose_samples}) > 1:
+                raise BagError(f"{o.pose_topic} mixes frames {sorted({s.parent for s in pose_samples})}")
+
+            def world_body(stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                return series.at(stamps, max_gap_ns)
+
+            def pose_skip_reason(stamp: int) -> str:
+                # The summary tells "outside the recording of poses" apart from "a hole in it".
+                if stamp < series.stamps[0] or stamp > series.stamps[-1]:
+                    return "no pose: image stamp outside the time range of the pose topic"
+                return f"no pose: gap between pose samples > --max-gap {o.max_gap_s} s"
+        else:
+            world, body = (f.lstrip("/") for f in o.pose_tf)
+            try:
+                graph.path(world, body)
+            except TFLookupError as err:
+                raise BagError(f"--pose-tf {world}:{body}: {err}") from err
+            summary.n_pose_samples = sum(len(e.stamps) for e in graph._edges.values() if not e.static)
+
+            def world_body(stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                return graph.lookup(world, body, stamps, max_gap_ns)
+
+            def pose_skip_reason(stamp: int) -> str:
+                return (
+                    f"no pose: TF {world}->{body} not available at the image stamp "
+                    f"(outside the recorded transforms or a gap > --max-gap {o.max_gap_s} s)"
+                )
+
+        source = {
+            "type": "rosbag2",
+            "path": str(bag_path.resolve()),
+            "storage": _storage_of(bag_path),
+            "image_topic": o.image_topic,
+            "camera_info_topic": info_topic,
+            "depth_topic": o.depth_topic,
+            "pose_source": o.pose_topic or f"tf {world}:{body}",
+            "world_frame": world,
+            "body_frame": body,
+            "max_gap_s": o.max_gap_s,
+            "stamps": "image header stamps",
+        }
+
+        # ---------------------------------------------------------------- pass 2: images
+        resolved: dict = {}  # T_body_cam source, resolved at the first image: {"fn": stamps -> (T, valid)}
+
+        def body_cam(frame_id: str, stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            if not resolved:
+                resolved.update(_resolve_extrinsic(o, graph, body, frame_id, source))
+            return resolved["fn"](stamps)
+
+        writer = DatasetWriter(out, source=source, overwrite=overwrite)
+        with writer:
+            writer.set_scene(scene)
+            writer.set_sequence(scene, o.sequence, condition=o.condition)
+            writer.set_split(o.split, [f"{scene}/{o.sequence}"])
+            pending: deque = deque()  # images waiting for their depth: (bag_t, stamp, frame dict)
+            depths: deque = deque()  # recent depth images: (bag_t, stamp, depth_m)
+            written_stamps: set[int] = set()
+            n_total = sum(c.msgcount for c in img_conns)
+            img_ids = {c.id for c in img_conns}
+            bar = tqdm(total=n_total, unit="img", desc="from-bag", disable=not progress)
+            index = -1
+            window_ns = max(depth_dt_ns, 1_000_000_000)  # bag-time window to wait for a matching depth
+
+            def emit(frame: dict, depth_m: np.ndarray | None) -> None:
+                if depth_m is not None and depth_m.shape != (frame["camera"].height, frame["camera"].width):
+                    summary.malformed[f"{o.depth_topic}: size differs from the colour image"] += 1
+                    depth_m = None
+                writer.add_frame(
+                    scene,
+                    o.sequence,
+                    frame["name"],
+                    frame["stamp"],
+                    frame["T_world_cam"],
+                    frame["camera"],
+                    rgb_encoded=frame["bytes"],
+                    rgb_ext=frame["ext"],
+                    depth_m_HW=depth_m,
+                )
+                summary.n_frames += 1
+                summary.n_with_depth += depth_m is not None
+
+            def flush(now_bag_t: int | None) -> None:
+                # Frames whose depth did not arrive within the window are written without depth.
+                while pending and (now_bag_t is None or now_bag_t - pending[0][0] > window_ns):
+                    _, _, fr = pending.popleft()
+                    summary.n_without_depth += 1
+                    emit(fr, None)
+                while depths and now_bag_t is not None and now_bag_t - depths[0][0] > window_ns:
+                    depths.popleft()
+
+            for conn, bag_t, raw in reader.messages(connections=img_conns + depth_conns):
+                if conn.id in img_ids:
+                    index += 1
+                    bar.update(1)
+                    summary.n_image_messages += 1
+                    summary.image_bytes += len(raw)
+                    if index % o.stride:
+                        summary.skipped[f"--stride {o.stride}"] += 1
+                        continue
+                    frame = _image_frame(reader, conn, raw, index, o, cams, cam_stamps, summary)
+                    if frame is None:
+                        continue
+                    if frame["stamp"] in written_stamps:
+                        summary.skipped["duplicate image stamp"] += 1
+                        continue
+                    stamps = np.array([frame["stamp"]], dtype=np.int64)
+                    T_wb, ok_wb = world_body(stamps)
+                    if not ok_wb[0]:
+                        summary.skipped[pose_skip_reason(frame["stamp"])] += 1
+                        continue
+                    T_bc, ok_bc = body_cam(frame["frame_id"], stamps)
+                    if not ok_bc[0]:
+                        summary.skipped["no camera extrinsic (TF) within --max-gap of the stamp"] += 1
+                        continue
+                    frame["T_world_cam"] = T_wb[0] @ T_bc[0]
+                    written_stamps.add(frame["stamp"])
+                    if not depth_conns:
+                        emit(frame, None)
+                        continue
+                    match = _nearest(depths, frame["stamp"], depth_dt_ns)
+                    if match is not None:
+                        emit(frame, match)
+                    else:
+                        pending.append((bag_t, frame["stamp"], frame))
+                    flush(bag_t)
+                else:
+                    try:
+                        dmsg = reader.deserialize(raw, conn.msgtype)
+                        d = (bag_t, stamp_ns(dmsg.header), depth_metres(dmsg))
+                    except MalformedMessageError as err:
+                        summary.malformed[f"{conn.topic}: {err.reason}"] += 1
+                        continue
+                    except Exception as err:
+                        summary.malformed[f"{conn.topic}: cannot deserialize"] += 1
+                        log.debug("%s: %s", conn.topic, err)
+                        continue
+                    # pair with a waiting image if one is close enough in time
+                    for i, (_, st, fr) in enumerate(pending):
+                        if abs(st - d[1]) <= depth_dt_ns:
+                            del pending[i]
+                            emit(fr, d[2])
+                            break
+                    else:
+                        depths.append(d)
+                    flush(bag_t)
+            flush(None)
+            bar.close()
+            if summary.n_without_depth:
+                summary.notes.append(
+                    f"{summary.n_without_depth} frames written without depth (no valid depth image within "
+                    f"{o.depth_max_dt_s} s of their stamp)"
+                )
+            if summary.n_frames == 0:
+                raise BagError(
+                    "no frame could be written:\n"
+                    + "\n".join(summary.lines())
+                    + "\n(check --max-gap, the pose source and the image topic)"
+                )
+            writer.manifest["source"]["summary"] = summary.to_dict()
+        summary.out = Path(out)
+    finally:
+        reader.close()
+    for line in summary.lines():
+        log.info(line)
+    return summary
+
+
+def _storage_of(bag_path: Path) -> str:
+    if any(bag_path.glob("*.mcap")):
+        return "mcap"
+    if any(bag_path.glob("*.db3")):
+        return "sqlite3"
+    return "unknown"
+
+
+def _nearest(depths: deque, stamp: int, tol_ns: int) -> np.ndarray | None:
+    best, best_dt = None, None
+    for i, (_, st, _d) in enumerate(depths):
+        dt = abs(st - stamp)
+        if dt <= tol_ns and (best_dt is None or dt < best_dt):
+            best, best_dt = i, dt
+    if best is None:
+        return None
+    d = depths[best][2]
+    del depths[best]
+    return d
+
+
+def _image_frame(reader, conn, raw, index, o, cams, cam_stamps, summary) -> dict | None:
+    """Decode one image message into what add_frame needs; counts and returns None when unusable."""
+    try:
+        msg = reader.deserialize(raw, conn.msgtype)
+    except Exception as err:
+        summary.skipped["malformed image message (cannot deserialize)"] += 1
+        summary.malformed[f"{conn.topic}: cannot deserialize"] += 1
+        log.debug("%s: %s", conn.topic, err)
+        return None
+    try:
+        if conn.msgtype == IMAGE_TYPE:
+            px = raw_image_pixels(msg)
+            w, h = px.shape[1], px.shape[0]
+            data, ext = encode_png(px, o.png_level), "png"
+        else:
+            data, ext, w, h = compressed_image(msg)
+    except MalformedMessageError as err:
+        summary.skipped[f"malformed image: {err.reason}"] += 1
+        summary.malformed[f"{conn.topic}: {err.reason}"] += 1
+        log.debug("%s message %d: %s", conn.topic, index, err)
+        return None
+    stamp = stamp_ns(msg.header)
+    if not cams:
+        try:
+            cam = PinholeCamera(w, h, *o.intrinsics_fxfycxcy)
+        except ValueError as err:
+            raise BagError(f"--intrinsics: {err}") from err
+    else:
+        i = int(np.searchsorted(cam_stamps, stamp, side="right")) - 1
+        cam = cams[max(i, 0)][1]  # the latest camera_info at or before the image (else the first)
+    if (cam.width, cam.height) != (w, h):
+        summary.skipped[f"image size {w}x{h} differs from camera_info {cam.width}x{cam.height}"] += 1
+        return None
+    frame_id = o.camera_frame or str(msg.header.frame_id).lstrip("/")
+    return {
+        "name": f"frame-{index:06d}",
+        "stamp": stamp,
+        "camera": cam,
+        "bytes": data,
+        "ext": ext,
+        "frame_id": frame_id,
+    }
+
+
+def _resolve_extrinsic(o: FromBagOptions, graph: FrameGraph, body: str, cam_frame: str, source: dict) -> dict:
+    """How T_body_cam is obtained (see the module docstring); records the choice in the manifest source."""
+    if o.extrinsic is not None:
+        T = np.asarray(o.extrinsic, dtype=np.float64)
+        source["extrinsic"] = {"from": "--extrinsic", "T_body_cam": T.tolist()}
+        return {"fn": lambda s: (np.broadcast_to(T, (len(s), 4, 4)).copy(), np.ones(len(s), bool))}
+    if not cam_frame:
+        raise BagError(
+            "the image header has no frame_id; pass --camera-frame FRAME (the camera optical frame in TF) "
+            'or --extrinsic "x y z qx qy qz qw" (T_body_cam)'
+        )
+    source["camera_frame"] = cam_frame
+    if cam_frame == body:
+        source["extrinsic"] = {"from": "identity (the pose source is the camera frame)"}
+        return {"fn": lambda s: (np.broadcast_to(np.eye(4), (len(s), 4, 4)).copy(), np.ones(len(s), bool))}
+    if o.pose_topic and not (graph.connected(body, cam_frame) and graph.is_static_path(body, cam_frame)):
+        raise BagError(
+            f"no /tf_static chain from the pose frame {body!r} to the camera frame {cam_frame!r}:\n"
+            f"{graph.describe() or '(no static transforms)'}\n"
+            'pass --extrinsic "x y z qx qy qz qw" (T_body_cam: camera optical frame in the body frame, '
+            "quaternion x y z w), or --pose-frame if the pose topic describes another frame"
+        )
+    try:
+        graph.path(body, cam_frame)
+    except TFLookupError as err:
+        raise BagError(f"camera extrinsic: {err}\npass --extrinsic or --camera-frame") from err
+    if graph.is_static_path(body, cam_frame):
+        T = graph.lookup(body, cam_frame, np.array([0]))[0][0]
+        source["extrinsic"] = {"from": f"tf_static {body} -> {cam_frame}", "T_body_cam": T.tolist()}
+        return {"fn": lambda s: (np.broadcast_to(T, (len(s), 4, 4)).copy(), np.ones(len(s), bool))}
+    source["extrinsic"] = {"from": f"tf {body} -> {cam_frame} (time-varying, interpolated)"}
+    max_gap_ns = round(o.max_gap_s * 1e9)
+    return {"fn": lambda s: graph.lookup(body, cam_frame, s, max_gap_ns)}
