@@ -228,7 +228,7 @@ def generate(
                     )
                 try:
                     if bag is not None:
-                        bag.write_odometry(plan.odom_stamps_ns, plan.T_odom_base, plan.T_map_odom)
+                        bag.set_odometry(plan.odom_stamps_ns, plan.T_odom_base, plan.T_map_odom)
                     pick = set(np.linspace(0, seq.n_frames - 1, min(3, seq.n_frames)).round().astype(int).tolist())
                     for i in range(seq.n_frames):
                         frame = sr.render_frame(plan, i)
