@@ -36,7 +36,7 @@ import torch
 
 from ..data.layout import Dataset
 from ..data.torch_dataset import ImageTransform
-from ..geometry import rotation_error_deg
+from ..geometry import relative_pose, rotation_angle_deg, rotation_error_deg
 from ..models.relpose.checkpoint import save_relpose_net
 from ..models.relpose.net import RelPoseNet, essential_loss, merge_conf, pose_candidates, project_to_essential
 from .relpose_pairs import PairSampling, RelPosePairDataset, sample_pairs
@@ -320,11 +320,21 @@ def evaluate_checkpoint(
         list(conf["dilate_classes"]), int(conf["dilate_kernel"]),
     )  # fmt: skip
     errors, losses = [], []
+    # Context: the rotation error of predicting 'no rotation' is the true relative rotation angle.
+    true_rot = [
+        float(rotation_angle_deg(relative_pose(refs[j].T_world_cam, queries[i].T_world_cam)[:3, :3])) for i, j in pairs
+    ]
     for batch in torch.utils.data.DataLoader(items, batch_size=batch_size):
         E = model(batch["image_q"], batch["image_r"], batch.get("semantic_q"), batch.get("semantic_r"))
         losses.extend((E - batch["E"]).flatten(1).norm(dim=1).tolist())
         errors.extend(pair_errors(Ek, Tk) for Ek, Tk in zip(E.double().numpy(), batch["T_q_r"].numpy()))
-    return {"split": split, "ref_split": ref_split, "loss": float(np.mean(losses)), **summarize_errors(errors)}
+    return {
+        "split": split,
+        "ref_split": ref_split,
+        "loss": float(np.mean(losses)),
+        **summarize_errors(errors),
+        "median_true_rot_deg": float(np.median(true_rot)) if true_rot else float("nan"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
