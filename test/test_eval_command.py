@@ -1,0 +1,185 @@
+"""`visloc eval` end to end: a real APR artifact trained by `visloc train` on the tiny pose-dependent
+dataset (test/apr_tiny.py), scored on its test split. The reference is an independent recomputation:
+the same artifact loaded again, each test image localized, and the errors computed with
+visloc_core.geometry against the poses read back from the dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from apr_tiny import make_tiny_dataset
+
+from visloc_core.cli import main as visloc_main
+from visloc_core.commands import evaluate as evaluate_cmd
+from visloc_core.data.layout import Dataset
+from visloc_core.evaluation.calibration import nees, pose_residuals
+from visloc_core.evaluation.report import read_frames_csv
+from visloc_core.geometry import T_from_position_quat_wxyz, pose_errors
+from visloc_core.localizers import Status, load_localizer
+
+CFG = {
+    "model": {"name": "posenet", "backbone": "efficientnet_lite0", "feature_dim": 64, "dropout": 0.0},
+    "data": {
+        "image_width": 64,
+        "image_height": 48,
+        "batch_size": 8,
+        "val_fraction": 0.25,
+        "val_block": 1,
+        "augment": {"crop": "center", "scale_jitter": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0},
+    },
+    "train": {"epochs": 2, "lr": 1.0e-3, "scheduler": "cosine", "progress_bar": False},
+}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("eval")
+    data = make_tiny_dataset(root / "ds", n_train=20)
+    # A split with both sequences, the test one under a shifted appearance condition.
+    mf = data / "manifest.json"
+    manifest = json.loads(mf.read_text())
+    manifest["splits"]["both"] = ["line/seq-train", "line/seq-test"]
+    manifest["sequences"]["line/seq-test"]["condition"] = "dusk"
+    mf.write_text(json.dumps(manifest))
+    cfg = root / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(CFG))
+    art = root / "art"
+    assert visloc_main(["train", str(cfg), "--data", str(data), "--out", str(art)]) == 0
+    return {"root": root, "data": data, "art": art}
+
+
+def _reference(art: Path, data: Path, split: str):
+    """Localize every frame of the split with a freshly loaded localizer; (frames, results)."""
+    ds = Dataset(data)
+    loc = load_localizer(art)
+    frames = ds.frames(split)
+    return frames, [loc.localize(ds.load_rgb(f), f.camera, f.stamp_ns) for f in frames]
+
+
+def test_eval_report_matches_independent_recomputation(setup, capsys) -> None:
+    out = setup["root"] / "rep"
+    assert visloc_main(["eval", str(setup["art"]), "--data", str(setup["data"]), "--out", str(out)]) == 0
+    assert "med m" in capsys.readouterr().out  # the summary table was printed
+    frames, results = _reference(setup["art"], setup["data"], "test")
+    rows = read_frames_csv(out / "frames.csv")
+    assert [r["name"] for r in rows] == [f.key for f in frames]
+    t_ref, r_ref = [], []
+    for row, f, res in zip(rows, frames, results):
+        assert row["status"] == Status(res.status).name
+        assert int(row["stamp_ns"]) == f.stamp_ns
+        assert (row["scene"], row["condition"]) == ("line", "dusk")  # the manifest's condition of seq-test
+        gt = T_from_position_quat_wxyz(
+            np.array([float(row[f"gt_{c}"]) for c in ("tx", "ty", "tz")]),
+            np.array([float(row[f"gt_{c}"]) for c in ("qw", "qx", "qy", "qz")]),
+        )
+        np.testing.assert_allclose(gt, f.T_world_cam, atol=1e-12)
+        if res.status == Status.LOCALIZED:
+            est = T_from_position_quat_wxyz(
+                np.array([float(row[f"est_{c}"]) for c in ("tx", "ty", "tz")]),
+                np.array([float(row[f"est_{c}"]) for c in ("qw", "qx", "qy", "qz")]),
+            )
+            np.testing.assert_allclose(est, res.T_world_cam, atol=1e-5)
+            t, r = pose_errors(res.T_world_cam, f.T_world_cam)
+        else:
+            t, r = np.inf, np.inf
+        t_ref.append(float(t))
+        r_ref.append(float(r))
+        assert float(row["t_err_m"]) == pytest.approx(t, abs=1e-5)
+        assert float(row["r_err_deg"]) == pytest.approx(r, abs=1e-3)
+        assert float(row["latency_ms"]) > 0
+    t_ref, r_ref = np.array(t_ref), np.array(r_ref)
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["n_frames"] == len(frames) == 19 and rep["partial"] is False
+    assert rep["n_localized"] == int(np.isfinite(t_ref).sum())
+    if np.isfinite(np.median(t_ref)):
+        assert rep["median_translation_m"] == pytest.approx(np.median(t_ref), abs=1e-5)
+        assert rep["median_rotation_deg"] == pytest.approx(np.median(r_ref), abs=1e-3)
+    for key, (m, deg) in {"0.5m_5deg": (0.5, 5.0), "5m_10deg": (5.0, 10.0)}.items():
+        expect = np.mean((t_ref <= m) & (r_ref <= deg))
+        assert rep["recall"][key] == pytest.approx(expect, abs=1.5 / len(frames))  # one frame at a boundary
+    assert set(rep["per_scene"]) == {"line"} and set(rep["per_condition"]) == {"dusk"}
+    assert rep["meta"]["split"] == "test" and rep["meta"]["method"] == "apr/posenet"
+    assert rep["meta"]["artifact_kind"] == "apr"
+    # APR results carry the artifact's calibrated covariance: NEES recomputed by hand.
+    loc_idx = [i for i, r in enumerate(results) if r.status == Status.LOCALIZED]
+    e = pose_residuals(
+        np.stack([results[i].T_world_cam for i in loc_idx]), np.stack([frames[i].T_world_cam for i in loc_idx])
+    )
+    cov = np.stack([results[i].covariance_66 for i in loc_idx])
+    assert rep["calibration"]["n_frames"] == len(loc_idx)
+    assert rep["calibration"]["translation"]["mean_nees"] == pytest.approx(
+        float(np.mean(nees(e[:, :3], cov[:, :3, :3]))), rel=1e-4
+    )
+    for png in ("trajectory.png", "error_cdf.png"):
+        assert (out / png).stat().st_size > 10_000
+    # An existing report is not replaced without --overwrite.
+    assert visloc_main(["eval", str(setup["art"]), "--data", str(setup["data"]), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_eval_conditions_limit_and_selection(setup) -> None:
+    art, data, root = str(setup["art"]), str(setup["data"]), setup["root"]
+    out = root / "both"
+    assert visloc_main(["eval", art, "--data", data, "--split", "both", "--out", str(out), "--no-plots"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["n_frames"] == 20 + 19
+    assert rep["per_condition"]["normal"]["n_frames"] == 20 and rep["per_condition"]["dusk"]["n_frames"] == 19
+    assert not (out / "trajectory.png").exists()
+    rows = read_frames_csv(out / "frames.csv")
+    assert {r["condition"] for r in rows if "/seq-test/" in r["name"]} == {"dusk"}
+    # --condition keeps only those sequences.
+    out = root / "dusk"
+    assert visloc_main(["eval", art, "--data", data, "--split", "both", "--condition", "dusk", "--out", str(out)]) == 0
+    rows = read_frames_csv(out / "frames.csv")
+    assert len(rows) == 19 and all("/seq-test/" in r["name"] for r in rows)
+    # --limit N: N frames evenly spaced over the selection, in order.
+    out = root / "limit"
+    assert visloc_main(["eval", art, "--data", data, "--limit", "5", "--out", str(out), "--no-plots"]) == 0
+    all_keys = [f.key for f in Dataset(data).frames("test")]
+    assert [r["name"] for r in read_frames_csv(out / "frames.csv")] == [all_keys[i] for i in (0, 4, 9, 14, 18)]
+
+
+def test_eval_bad_input_is_a_clear_error(setup, capsys) -> None:
+    art, data, root = str(setup["art"]), str(setup["data"]), setup["root"]
+    cases = [
+        (["--scenes", "nowhere"], "nowhere"),
+        (["--condition", "night"], "conditions there"),
+        (["--split", "val"], "no split 'val'"),
+        (["--limit", "0"], "--limit"),
+    ]
+    for extra, message in cases:
+        assert visloc_main(["eval", art, "--data", data, "--out", str(root / "bad"), *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert visloc_main(["eval", str(root), "--data", data, "--out", str(root / "bad")]) == 2
+    assert "not a visloc artifact" in capsys.readouterr().err
+    assert not (root / "bad" / "report.json").exists()
+
+
+def test_eval_interrupted_keeps_a_partial_report(setup, monkeypatch) -> None:
+    """Ctrl-C during the 4th frame: the 3 frames done are written, marked partial."""
+    real_load = evaluate_cmd.load_localizer
+
+    def load_then_interrupt(path, device="cpu"):
+        loc = real_load(path, device=device)
+        real_localize = loc.localize
+        calls = {"n": 0}
+
+        def localize(*args, **kw):
+            calls["n"] += 1
+            if calls["n"] == 4:
+                raise KeyboardInterrupt
+            return real_localize(*args, **kw)
+
+        loc.localize = localize
+        return loc
+
+    monkeypatch.setattr(evaluate_cmd, "load_localizer", load_then_interrupt)
+    out = setup["root"] / "partial"
+    assert visloc_main(["eval", str(setup["art"]), "--data", str(setup["data"]), "--out", str(out)]) == 130
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["partial"] is True and rep["n_frames"] == 3 and rep["meta"]["n_frames_selected"] == 19
+    assert len(read_frames_csv(out / "frames.csv")) == 3
