@@ -148,3 +148,27 @@ def test_pose_pairs_masks():
     assert pos[0].tolist() == [False, True, False, False]
     assert neg[0].tolist() == [False, False, True, True]
     assert not (pos & neg).any() and not pos.diagonal().any()
+
+
+def test_finetune_gem_reduces_triplet_loss(room_images):
+    from visloc_core.models.descriptors import finetune_gem
+
+    images, poses = room_images
+    desc = build_descriptor({"name": "gem", "image_size": [96, 64]})
+    pos, neg = pose_pairs(poses, pos_m=1.0, pos_deg=50, neg_m=1.5)
+
+    def mean_violation() -> float:
+        D = np.stack([desc.describe(im) for im in images])
+        sim = D @ D.T
+        v = [
+            max(0.0, 0.1 + sim[a, neg[a]].max() - sim[a, pos[a]].min())
+            for a in range(len(images))
+            if pos[a].any() and neg[a].any()
+        ]
+        return float(np.mean(v))
+
+    before = mean_violation()
+    stats = finetune_gem(desc, images, poses, epochs=3, lr=1e-4, pos_m=1.0, pos_deg=50, neg_m=1.5, batch_size=12)
+    after = mean_violation()
+    assert stats["triplets"] > 0 and desc.modified
+    assert after < before, (before, after)

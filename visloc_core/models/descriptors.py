@@ -463,6 +463,7 @@ def finetune_gem(
             max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
             enable_progress_bar=progress is not None, enable_model_summary=False,
         )  # fmt: skip
+        descriptor.net.train()  # BatchNorm goes back to eval in on_train_epoch_start
         trainer.fit(module, loader)
         n_triplets += len(anchors)
     descriptor.net.eval()
