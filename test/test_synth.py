@@ -149,7 +149,7 @@ def test_projected_room_corner_lands_where_classes_meet(tiny_renderer):
     uv = sr.camera.project(transform_points(invert_T(T), corner))[0]
     np.testing.assert_allclose(uv, [31.5, 23.5], atol=1e-9)  # the image centre (cx, cy)
     out = sr.renderer.render(T, sr.camera, sr.spec.conditions["day"])
-    u, v = int(round(uv[0])), int(round(uv[1]))
+    u, v = (int(x) for x in np.rint(uv))
     # below the corner: floor; above-left and above-right: the two walls (depth rises to the corner)
     assert out.class_HW[v + 3, u] == CLASS_IDS["floor"]
     assert out.class_HW[v - 3, u - 3] == CLASS_IDS["wall"] and out.class_HW[v - 3, u + 3] == CLASS_IDS["wall"]
@@ -190,7 +190,9 @@ def test_same_seed_identical_images_other_seed_differs(tmp_path):
     for f in Dataset(a).frames():
         rel = f"tiny/{f.sequence}/{f.rgb}"
         assert (a / rel).read_bytes() == (b / rel).read_bytes()
-        assert (a / f"tiny/{f.sequence}/{f.semantic}").read_bytes() == (b / f"tiny/{f.sequence}/{f.semantic}").read_bytes()
+        assert (a / f"tiny/{f.sequence}/{f.semantic}").read_bytes() == (
+            b / f"tiny/{f.sequence}/{f.semantic}"
+        ).read_bytes()
         n_same += 1
         n_diff += (a / rel).read_bytes() != (c / rel).read_bytes()
     assert n_same == 5 and n_diff == n_same  # sensor noise follows the seed
@@ -267,7 +269,10 @@ def test_motion_blur_smooths_the_image():
         ({"colour": 1}, "unknown key"),
         ({"room": {"size": ROOM, "walls": ["brick", "brick", "brick", "nope"]}}, "unknown texture 'nope'"),
         ({"room": {"size": ROOM, "walls": ["brick"]}}, "give 4 wall materials"),
-        ({"conditions": {"crowd": {"base": "day", "people": 5}}, "sequences": [{"name": "a", "condition": "crowd"}]}, "add actors"),
+        (
+            {"conditions": {"crowd": {"base": "day", "people": 5}}, "sequences": [{"name": "a", "condition": "crowd"}]},
+            "add actors",
+        ),
         ({"sequences": [{"name": "a", "condition": "winter"}]}, "unknown 'winter'"),
         ({"sequences": []}, "'sequences' is empty"),
     ],
@@ -299,7 +304,18 @@ def test_cli_writes_dataset_preview_and_refuses_overwrite(tmp_path, capsys):
     from visloc_core.cli import main
 
     out = tmp_path / "ds"
-    args = ["synth", "indoor_room", "--out", str(out), "--size", "64x48", "--max-frames", "2", "--preview", "--no-progress"]
+    args = [
+        "synth",
+        "indoor_room",
+        "--out",
+        str(out),
+        "--size",
+        "64x48",
+        "--max-frames",
+        "2",
+        "--preview",
+        "--no-progress",
+    ]
     assert main(args) == 0
     mf = json.loads((out / "manifest.json").read_text())
     assert mf["source"]["type"] == "synth" and mf["source"]["size"] == [64, 48]
