@@ -97,7 +97,9 @@ class _Branch(nn.Module):
         for layer in self.encoder:
             x = layer(x, pos)
         x = self.enc_norm(x)
-        t = torch.zeros(b, self.queries.num_embeddings, d, device=x.device, dtype=x.dtype)
+        # The decoder input starts at the scene queries, not at zeros as in DETR: with pre-LN, a zero
+        # input makes the first self-attention's output constant and leaves its weights without gradient.
+        t = self.queries.weight.unsqueeze(0).expand(b, -1, -1)
         for layer in self.decoder:
             t = layer(t, self.queries.weight, x, pos)
         return self.dec_norm(t), x.mean(dim=1)

@@ -84,7 +84,7 @@ class MVLLoc(nn.Module):
             c_vis = self.backbone.channels[self.reduction]
             self.clip_vision = None
         else:
-            clip, _ = load_clip(self.conf["clip_path"])
+            clip = load_clip(self.conf["clip_path"])
             self.backbone = None
             self.clip_vision = clip.vision_model
             self.register_buffer("clip_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)

