@@ -205,9 +205,9 @@ def test_mvl_loc_caches_text_embeddings_in_the_state_dict() -> None:
     # A model rebuilt from the state dict (as the localizer does) never calls the text encoder.
     fresh = small_model("mvl_loc").eval()
     fresh.load_state_dict(model.state_dict())
-    with mock.patch("visloc_core.models.apr.mvl_loc.encode_texts", side_effect=AssertionError("encoder called")):
-        with torch.no_grad():
-            a = fresh(torch.ones(1, 3, 48, 64))
+    no_encoder = mock.patch("visloc_core.models.apr.mvl_loc.encode_texts", side_effect=AssertionError("encoder called"))
+    with no_encoder, torch.no_grad():
+        a = fresh(torch.ones(1, 3, 48, 64))
     with torch.no_grad():
         b = model(torch.ones(1, 3, 48, 64))
     torch.testing.assert_close(a["position_B3"], b["position_B3"])

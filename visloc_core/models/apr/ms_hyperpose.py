@@ -91,7 +91,7 @@ class _Branch(nn.Module):
     def forward(self, fmap_BCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (latents_BSD one per scene, encoded activation map pooled to B x D)."""
         m = self.proj(fmap_BCHW)
-        b, d, h, w = m.shape
+        b, _, h, w = m.shape
         pos = self.pos(h, w)
         x = m.flatten(2).transpose(1, 2)
         for layer in self.encoder:
