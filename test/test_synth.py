@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from synth_scene import ROOM, tiny
 
 from visloc_core.data import Dataset
 from visloc_core.data.synth import CLASS_IDS, SceneSpecError, apply_overrides, generate, load_scene, parse_scene
@@ -15,49 +16,6 @@ from visloc_core.data.synth.generate import SceneRenderer, plan_sequence
 from visloc_core.data.synth.renderer import projection_from_intrinsics
 from visloc_core.data.synth.spec import R_from_rpy
 from visloc_core.geometry import PinholeCamera, T_from_R_t, invert_T, transform_points
-
-ROOM = [6.0, 5.0, 2.8]  # x, y, height of the test room (centred, floor at z = 0)
-
-TINY = {
-    "name": "tiny",
-    "description": "a test room",
-    "kind": "indoor",
-    "seed": 3,
-    "camera": {"width": 64, "height": 48, "hfov_deg": 70, "rate_hz": 10},
-    "mount": {"xyz": [0.1, 0.02, 0.3], "rpy_deg": [1.0, 6.0, -2.0]},
-    "room": {
-        "size": ROOM,
-        "floor": {"texture": "gravel"},
-        "ceiling": {"texture": "plain"},
-        "walls": ["brick", {"texture": "astronaut", "fit": True}, "coins", "moon"],
-    },
-    "actors": [
-        {"name": "p1", "kind": "person", "path": [[1.2, -1.5], [1.2, 1.5]], "speed": 1.0},
-        {"name": "v1", "kind": "vehicle", "path": [[2.0, -2.0], [2.0, 2.0]], "speed": 2.0},
-    ],
-    "sequences": [
-        {
-            "name": "map",
-            "split": "train",
-            "condition": "day",
-            "n_frames": 3,
-            "trajectory": {"radii": [0.6, 0.4], "height": 1.0, "look": "outward", "yaw_wobble_deg": 20},
-        },
-        {
-            "name": "query_night",
-            "split": "test",
-            "condition": "night",
-            "n_frames": 2,
-            "trajectory": {"radii": [0.3, 0.2], "height": 1.2, "look": "forward", "laps": 0.5},
-        },
-    ],
-}
-
-
-def tiny(**changes) -> dict:
-    d = copy.deepcopy(TINY)
-    d.update(changes)
-    return d
 
 
 def _room_planes() -> list[tuple[np.ndarray, float, str]]:
