@@ -1,0 +1,203 @@
+"""Helpers of the ROS tests: a small TRAINED APR artifact (cached) and a test harness around a real
+rclpy executor (the node under test plus a probe node that publishes inputs and records outputs).
+
+The artifact is a PoseNet (MobileNetV2 with its ImageNet weights, 64x48 input) trained for 15 epochs
+on test/apr_tiny.py's sliding-window scene (~25 s on one core). It is cached under
+``$XDG_CACHE_HOME/visloc/test-artifacts/<key>``, the key hashing the training config and the source
+files of the trainer and model, so a change of either retrains it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import skimage.data
+from apr_tiny import H, W, image_at, make_tiny_dataset, pose_at
+
+from visloc_core.geometry import PinholeCamera
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_TRAIN_CFG = {
+    "model": {"name": "posenet", "backbone": "mobilenet_v2", "pretrained": True, "feature_dim": 128, "dropout": 0.0},
+    "data": {
+        "image_width": 64,
+        "image_height": 48,
+        "batch_size": 8,
+        "val_fraction": 0.2,
+        "val_block": 4,
+        "augment": {
+            "crop": "center",
+            "scale_jitter": 0.0,
+            "brightness": 0.0,
+            "contrast": 0.0,
+            "saturation": 0.0,
+            "hue": 0.0,
+        },
+    },
+    "train": {"epochs": 15, "lr": 1.0e-3, "progress_bar": False},
+}
+TINY_N_TRAIN = 40
+TINY_CAMERA = PinholeCamera(W, H, 50.0, 50.0, (W - 1) / 2, (H - 1) / 2)
+
+
+def _source_key() -> str:
+    h = hashlib.sha256(repr(TINY_TRAIN_CFG).encode() + str(TINY_N_TRAIN).encode())
+    for sub in ("visloc_core/training", "visloc_core/models", "test/apr_tiny.py"):
+        p = REPO / sub
+        for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def trained_tiny_artifact() -> Path:
+    """Path of the cached trained tiny APR artifact (trains it on a cache miss)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "visloc" / "test-artifacts"
+    out = cache / f"apr-tiny-{_source_key()}"
+    if (out / "artifact.json").is_file():
+        return out
+    from visloc_core.training.apr import train
+
+    cache.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="apr-tiny-", dir=cache))
+    try:
+        make_tiny_dataset(work / "data", n_train=TINY_N_TRAIN)
+        art = train(TINY_TRAIN_CFG, work / "data", work / "artifact", argparse.Namespace(work_dir=str(work / "train")))
+        try:
+            art.rename(out)
+        except OSError:  # another session won the race: use theirs
+            pass
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def tiny_texture() -> np.ndarray:
+    return cv2.resize(skimage.data.astronaut(), (384, 192), interpolation=cv2.INTER_AREA)
+
+
+def tiny_frames(s_values) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image RGB (48, 64, 3), true T_world_cam) at path parameters ``s_values`` of apr_tiny's scene."""
+    tex = tiny_texture()
+    return [(image_at(float(s), tex), pose_at(float(s))) for s in s_values]
+
+
+class Probe:
+    """A real rclpy node that publishes the node's inputs and records every output message.
+
+    ``records[topic]`` lists the messages received (in arrival order); ``arrivals[topic]`` the
+    perf_counter times. Spins, together with any other node passed to ``start``, in a background
+    MultiThreadedExecutor.
+    """
+
+    def __init__(self, name: str = "visloc_test_probe", compressed: bool = False) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+        from nav_msgs.msg import Odometry
+        from rclpy.qos import DurabilityPolicy, QoSProfile
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+        from std_srvs.srv import Trigger
+        from tf2_msgs.msg import TFMessage
+
+        from visloc_ros.msg import LocalizationResult
+
+        self.node = rclpy.create_node(name)
+        self.records: dict[str, list] = defaultdict(list)
+        self.arrivals: dict[str, list] = defaultdict(list)
+        self._lock = threading.Lock()
+        n = self.node
+        self.image_pub = (
+            n.create_publisher(CompressedImage, "image/compressed", 10)
+            if compressed
+            else n.create_publisher(Image, "image", 10)
+        )
+        self.info_pub = n.create_publisher(CameraInfo, "camera_info", 10)
+        self.initialpose_pub = n.create_publisher(PoseWithCovarianceStamped, "initialpose", 10)
+        self.odom_pub = n.create_publisher(Odometry, "odom", 50)
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        for topic, typ, qos in (
+            ("pose", PoseStamped, 10),
+            ("pose_with_covariance", PoseWithCovarianceStamped, latched),
+            ("localization", LocalizationResult, 100),
+            ("/tf", TFMessage, 100),
+            ("/diagnostics", DiagnosticArray, 10),
+        ):
+            n.create_subscription(typ, topic, self._recorder(topic), qos)
+        self.relocalize = n.create_client(Trigger, "relocalize")
+        self._executor = None
+        self._thread = None
+
+    def _recorder(self, topic: str) -> Callable:
+        def cb(msg) -> None:
+            with self._lock:
+                self.records[topic].append(msg)
+                self.arrivals[topic].append(time.perf_counter())
+
+        return cb
+
+    def start(self, *other_nodes) -> Probe:
+        from rclpy.executors import MultiThreadedExecutor
+
+        self._executor = MultiThreadedExecutor(num_threads=2)
+        self._executor.add_node(self.node)
+        for o in other_nodes:
+            self._executor.add_node(o)
+        self._thread = threading.Thread(target=self._executor.spin, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(timeout_sec=2.0)
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        self.node.destroy_node()
+
+    def count(self, topic: str) -> int:
+        with self._lock:
+            return len(self.records[topic])
+
+    def get(self, topic: str) -> list:
+        with self._lock:
+            return list(self.records[topic])
+
+    def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
+        """Poll ``predicate`` until true; fail the test with ``what`` after ``timeout_s`` (not a timing assertion:
+        a generous bound so that a broken pipeline fails instead of hanging)."""
+        t_end = time.monotonic() + timeout_s
+        while time.monotonic() < t_end:
+            if predicate():
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+    def wait_connected(self, *publishers, timeout_s: float = 20.0) -> None:
+        pubs = publishers or (self.image_pub, self.info_pub)
+        self.wait_for(lambda: all(p.get_subscription_count() > 0 for p in pubs), timeout_s, "subscriptions to match")
+
+    def last_diagnostics(self) -> dict[str, str]:
+        msgs = self.get("/diagnostics")
+        if not msgs:
+            return {}
+        return {kv.key: kv.value for kv in msgs[-1].status[0].values}
+
+    def publish_frame(self, msg, camera_info=None, wait_topic: str | None = "localization", timeout_s: float = 20.0):
+        """Publish (camera_info and) an image; with ``wait_topic``, wait until one more message arrives there."""
+        before = self.count(wait_topic) if wait_topic else 0
+        if camera_info is not None:
+            self.info_pub.publish(camera_info)
+        self.image_pub.publish(msg)
+        if wait_topic:
+            self.wait_for(lambda: self.count(wait_topic) > before, timeout_s, f"a message on {wait_topic}")

@@ -1,0 +1,650 @@
+"""The visloc localizer: a ROS 2 lifecycle node around ``visloc_core.localizers.load_localizer``.
+
+Lifecycle: ``configure`` loads the artifact (parameter ``model``) and creates publishers and the
+camera_info / initialpose / odom subscriptions; ``activate`` subscribes to the image and starts the
+worker thread; ``deactivate`` stops both; ``cleanup`` frees the model. With ``autostart:=true``
+(or ``python -m visloc_ros.localizer_node --ros-args -p model:=ARTIFACT -p autostart:=true``) the
+node configures and activates itself; launch/localize.launch.py drives the transitions instead.
+
+Topics (relative names; remap them):
+  in   image (sensor_msgs/Image) or image/compressed (sensor_msgs/CompressedImage, compressed:=true),
+       camera_info (sensor_msgs/CameraInfo), initialpose (geometry_msgs/PoseWithCovarianceStamped, a
+       prior of the BASE frame in the map), odom (nav_msgs/Odometry, when odom_frame is set)
+  out  pose (geometry_msgs/PoseStamped), pose_with_covariance (PoseWithCovarianceStamped, transient
+       local, depth 1), localization (visloc_ros/LocalizationResult: every attempt, with status and
+       reason), /tf, /diagnostics
+  srv  relocalize (std_srvs/Trigger): forget the gate's reference, the prior and the localizer's
+       temporal state; the next frame is localized globally.
+
+Every output is stamped with the image's stamp and expressed in ``map_frame``. Only results that
+are LOCALIZED and pass the sanity gate (visloc_core/localizers/gate.py) reach ``pose``,
+``pose_with_covariance`` and TF; REJECTED and NOT_LOCALIZED results go only to ``localization``.
+
+Frames: the pose published is that of ``base_frame`` (``T_map_base = T_map_cam @ inv(T_base_cam)``,
+with T_base_cam from the ``base_to_camera_*`` parameters, or from TF when tf2_ros is installed), or
+of the camera when ``base_frame`` is empty. TF (REP-105): with ``odom_frame`` set, map->odom =
+T_map_base(t) @ inv(T_odom_base(t)) at the image stamp t, T_odom_base interpolated from buffered
+odometry (or looked up in tf2 when installed), post-dated by ``transform_tolerance``; otherwise
+map->base (or map->camera) at the image stamp.
+
+Newest-frame policy: the image callback only drops the message into a one-slot mailbox; a worker
+thread localizes whatever is newest. A frame replaced before the worker took it counts as dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.time import Time as RclTime
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_srvs.srv import Trigger
+
+from visloc_core.geometry import PinholeCamera, T_from_position_quat_wxyz, invert_T, quat_xyzw_to_wxyz
+from visloc_core.localizers.base import LocalizationResult, Localizer, Status
+from visloc_core.localizers.gate import GateConfig, SanityGate
+from visloc_core.localizers.tf_logic import PoseBuffer, T_map_odom_from, pose_in_output_frame
+from visloc_ros import conversions as conv
+
+try:  # a full ROS 2 install: the real broadcaster and listener
+    import tf2_ros
+
+    HAVE_TF2_ROS = True
+except ImportError:  # PyPI wheels: no tf2_ros (see ROS2_ON_PYPI.md)
+    tf2_ros = None
+    HAVE_TF2_ROS = False
+
+try:  # real tf2_msgs, or the TFMessage-only fallback scripts/build_ros.sh builds from ros/tf2_msgs
+    from tf2_msgs.msg import TFMessage
+except ImportError:
+    TFMessage = None
+
+NODE_NAME = "visloc_localizer"
+
+# name -> (default, description). Types follow the defaults. config/localize.yaml and
+# launch/localize.launch.py must use these names (test/test_ros_launch.py checks it).
+PARAMETERS: dict[str, tuple[object, str]] = {
+    "model": ("", "artifact folder to load at configure (visloc train / visloc map build output)"),
+    "device": ("cpu", "torch device of the localizer: cpu, cuda, cuda:1"),
+    "compressed": (False, "subscribe to image/compressed (sensor_msgs/CompressedImage, jpeg/png) instead of image"),
+    "image_qos": (
+        "sensor_data",
+        "QoS of the image subscription: sensor_data (best effort, depth 5), reliable, or system_default",
+    ),
+    "image_qos_depth": (5, "history depth of the image subscription (the node still processes only the newest)"),
+    "map_frame": ("map", "frame_id of every output (the frame of the artifact's world)"),
+    "odom_frame": ("", "odometry frame; when set, TF publishes map->odom (REP-105) from the odom topic or tf2"),
+    "base_frame": ("base_link", "robot frame whose pose is published; empty = publish the camera's pose"),
+    "camera_frame": ("", "camera optical frame; empty = the image header's frame_id"),
+    "publish_tf": (True, "publish map->odom (odom_frame set) or map->base_frame (or map->camera) on /tf"),
+    "transform_tolerance": (0.1, "seconds added to the stamp of map->odom (post-dating, as nav2 AMCL)"),
+    "base_to_camera_translation": (
+        [0.0, 0.0, 0.0],
+        "T_base_cam translation (x, y, z) in metres: camera optical frame origin in base_frame",
+    ),
+    "base_to_camera_rotation_xyzw": (
+        [-0.5, 0.5, -0.5, 0.5],
+        "T_base_cam rotation quaternion (x, y, z, w) of the camera OPTICAL frame in base_frame; "
+        "default: optical axes of a camera looking along base x (REP-103)",
+    ),
+    "use_tf_extrinsic": (True, "when tf2_ros is installed, look base_frame->camera up in TF instead of the parameters"),
+    "max_jump_m": (1.0, "sanity gate: reject a pose further than this (m) from the last accepted one; <= 0 off"),
+    "max_jump_deg": (30.0, "sanity gate: reject an orientation change above this (deg); <= 0 off"),
+    "jump_window_s": (2.0, "sanity gate: the last accepted pose is a reference for this long (s); <= 0 off"),
+    "prior_timeout_s": (10.0, "an initialpose is used as the localizer's prior for this long (s); <= 0 forever"),
+    "odom_buffer_s": (10.0, "seconds of odometry kept for interpolation at image stamps"),
+    "odom_extrapolation_s": (0.05, "an image up to this much newer than the newest odometry uses that odometry"),
+    "diagnostics_period_s": (1.0, "period of /diagnostics messages (s)"),
+    "autostart": (False, "configure and activate at start-up (for runs without a launch file)"),
+}
+
+_DIAG_LEVEL = {"ok": DiagnosticStatus.OK, "warn": DiagnosticStatus.WARN, "error": DiagnosticStatus.ERROR}
+
+
+class _Mailbox:
+    """One slot: ``put`` replaces the waiting item (returns True if one was dropped), ``get`` takes it."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._item: object | None = None
+
+    def put(self, item: object) -> bool:
+        with self._cv:
+            dropped = self._item is not None
+            self._item = item
+            self._cv.notify()
+            return dropped
+
+    def get(self, timeout_s: float) -> object | None:
+        with self._cv:
+            if self._item is None:
+                self._cv.wait(timeout_s)
+            item, self._item = self._item, None
+            return item
+
+    def clear(self) -> bool:
+        with self._cv:
+            had, self._item = self._item is not None, None
+            return had
+
+
+@dataclasses.dataclass
+class _Counters:
+    received: int = 0
+    processed: int = 0
+    dropped: int = 0
+    localized: int = 0
+    not_localized: int = 0
+    rejected: int = 0
+    bad_input: int = 0
+    errors: int = 0
+    tf_skipped: int = 0
+    latency_sum_s: float = 0.0
+    last_latency_s: float = float("nan")
+    last_error: str = ""
+    last_status_reason: str = ""
+
+
+class LocalizerNode(LifecycleNode):
+    """See the module docstring."""
+
+    def __init__(self, node_name: str = NODE_NAME, **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        for name, (default, description) in PARAMETERS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=description))
+        self.localizer: Localizer | None = None
+        self._lock = threading.Lock()
+        self._counts = _Counters()
+        self._prev_counts = (0, 0, time.monotonic())
+        self._mailbox = _Mailbox()
+        self._worker: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._active = False
+        self._camera: PinholeCamera | None = None
+        self._camera_error = "no camera_info received yet"
+        self._camera_info_key: tuple | None = None
+        self._prior: tuple[np.ndarray, float] | None = None  # (T_map_cam, monotonic time received)
+        self._T_base_cam_params = np.eye(4)  # set from the parameters at configure
+        self._reset_pending = threading.Event()
+        self._gate = SanityGate()
+        self._odom = PoseBuffer()
+        self._image_sub = None
+        self._aux_subs: list = []
+        self._pubs: dict = {}
+        self._tf_broadcaster = None
+        self._tf_pub = None
+        self._tf_buffer = None
+        self._tf_listener = None
+        self._srv = None
+        # /diagnostics works in every lifecycle state (so an unconfigured node shows why).
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_timer = self.create_timer(float(self._p("diagnostics_period_s")), self._publish_diagnostics)
+
+    # ------------------------------------------------------------------------------- parameters
+
+    def _p(self, name: str):
+        return self.get_parameter(name).value
+
+    def _T_base_cam_from_params(self) -> np.ndarray:
+        t = np.asarray(self._p("base_to_camera_translation"), dtype=np.float64)
+        q = np.asarray(self._p("base_to_camera_rotation_xyzw"), dtype=np.float64)
+        if t.shape != (3,) or q.shape != (4,) or not np.all(np.isfinite(t)) or not np.all(np.isfinite(q)):
+            raise ValueError(
+                "base_to_camera_translation must be 3 finite numbers and base_to_camera_rotation_xyzw 4 finite "
+                f"numbers (x, y, z, w); got {t.tolist()} and {q.tolist()}"
+            )
+        n = float(np.linalg.norm(q))
+        if abs(n - 1.0) > 1e-3:
+            raise ValueError(f"base_to_camera_rotation_xyzw must be a unit quaternion (x, y, z, w), norm is {n:.4f}")
+        return T_from_position_quat_wxyz(t, quat_xyzw_to_wxyz(q / n))
+
+    # -------------------------------------------------------------------------------- lifecycle
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        model = str(self._p("model"))
+        if not model:
+            self.get_logger().error(
+                "parameter 'model' is empty: set it to an artifact folder (model:=/path/to/artifact)"
+            )
+            self._set_error("parameter 'model' is empty")
+            return TransitionCallbackReturn.FAILURE
+        try:
+            self._T_base_cam_params = self._T_base_cam_from_params()
+            if self._p("odom_frame") and not self._p("base_frame"):
+                raise ValueError("odom_frame is set but base_frame is empty: map->odom needs the base frame")
+            if self._p("image_qos") not in ("sensor_data", "reliable", "system_default"):
+                raise ValueError(f"image_qos {self._p('image_qos')!r}: use sensor_data, reliable or system_default")
+            from visloc_core.localizers.loading import load_localizer
+
+            t0 = time.perf_counter()
+            self.localizer = load_localizer(Path(model), str(self._p("device")))
+            self.get_logger().info(
+                f"loaded {self.localizer.method} from {model} on {self._p('device')} in {time.perf_counter() - t0:.2f} s"
+            )
+        except Exception as err:  # any failure to load leaves the node unconfigured, running
+            self.get_logger().error(f"configure failed: {err}")
+            self._set_error(f"configure failed: {err}")
+            self.localizer = None
+            return TransitionCallbackReturn.FAILURE
+        self._gate = SanityGate(
+            GateConfig(float(self._p("max_jump_m")), float(self._p("max_jump_deg")), float(self._p("jump_window_s")))
+        )
+        self._odom = PoseBuffer(
+            max_age_ns=int(float(self._p("odom_buffer_s")) * 1e9),
+            extrapolation_ns=int(float(self._p("odom_extrapolation_s")) * 1e9),
+        )
+        latched = QoSProfile(
+            depth=1,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL,
+            reliability=ReliabilityPolicy.RELIABLE,
+            history=HistoryPolicy.KEEP_LAST,
+        )
+        self._pubs = {
+            "pose": self.create_lifecycle_publisher(PoseStamped, "pose", 10),
+            "pose_cov": self.create_lifecycle_publisher(PoseWithCovarianceStamped, "pose_with_covariance", latched),
+            "localization": self.create_lifecycle_publisher(_result_msg_type(), "localization", 10),
+        }
+        self._setup_tf()
+        self._aux_subs = [
+            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos_profile_sensor_data),
+            self.create_subscription(PoseWithCovarianceStamped, "initialpose", self._on_initialpose, 10),
+        ]
+        if self._p("odom_frame"):
+            self._aux_subs.append(self.create_subscription(Odometry, "odom", self._on_odom, 50))
+        self._srv = self.create_service(Trigger, "relocalize", self._on_relocalize)
+        return super().on_configure(state)
+
+    def _setup_tf(self) -> None:
+        self._tf_broadcaster = self._tf_pub = None
+        if HAVE_TF2_ROS:
+            self._tf_broadcaster = tf2_ros.TransformBroadcaster(self)
+            if self._p("use_tf_extrinsic") or self._p("odom_frame"):
+                self._tf_buffer = tf2_ros.Buffer()
+                self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
+        elif TFMessage is not None:
+            # Same topic and QoS as tf2_ros.TransformBroadcaster (reliable, volatile, depth 100).
+            self._tf_pub = self.create_publisher(TFMessage, "/tf", QoSProfile(depth=100))
+        elif self._p("publish_tf"):
+            self.get_logger().warning(
+                "publish_tf is on but neither tf2_ros nor tf2_msgs is importable: no /tf "
+                "(run scripts/build_ros.sh, which builds the TFMessage fallback)"
+            )
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._p("image_qos") == "sensor_data":
+            qos = QoSProfile(
+                depth=int(self._p("image_qos_depth")),
+                reliability=ReliabilityPolicy.BEST_EFFORT,
+                durability=DurabilityPolicy.VOLATILE,
+                history=HistoryPolicy.KEEP_LAST,
+            )
+        elif self._p("image_qos") == "reliable":
+            qos = QoSProfile(depth=int(self._p("image_qos_depth")), reliability=ReliabilityPolicy.RELIABLE)
+        else:
+            qos = QoSProfile(depth=int(self._p("image_qos_depth")))
+        if self._p("compressed"):
+            self._image_sub = self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
+        else:
+            self._image_sub = self.create_subscription(Image, "image", self._on_image, qos)
+        self._stop.clear()
+        self._mailbox.clear()
+        self._worker = threading.Thread(target=self._work, name="visloc-localizer", daemon=True)
+        self._worker.start()
+        self._active = True
+        self.get_logger().info(
+            f"active: localizing {self._image_sub.topic_name} ({self._p('image_qos')} QoS) "
+            f"into {self._p('map_frame')}, output frame {self._p('base_frame') or 'camera'}"
+        )
+        return super().on_activate(state)
+
+    def _stop_processing(self) -> None:
+        self._active = False
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.join(timeout=10.0)
+            self._worker = None
+        if self._image_sub is not None:
+            self.destroy_subscription(self._image_sub)
+            self._image_sub = None
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        self._release()
+        return super().on_shutdown(state)
+
+    def _release(self) -> None:
+        for sub in self._aux_subs:
+            self.destroy_subscription(sub)
+        self._aux_subs = []
+        for pub in self._pubs.values():
+            self.destroy_lifecycle_publisher(pub)
+        self._pubs = {}
+        if self._tf_pub is not None:
+            self.destroy_publisher(self._tf_pub)
+            self._tf_pub = None
+        if self._srv is not None:
+            self.destroy_service(self._srv)
+            self._srv = None
+        self.localizer = None
+
+    def autostart(self) -> bool:
+        """configure + activate (what the launch file's lifecycle events do)."""
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            return False
+        return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
+    def stop(self) -> None:
+        """Stop the worker (call before destroy_node)."""
+        self._stop_processing()
+
+    # -------------------------------------------------------------------------------- callbacks
+
+    def _on_image(self, msg) -> None:
+        if not self._active:
+            return
+        with self._lock:
+            self._counts.received += 1
+        if self._mailbox.put((msg, time.perf_counter())):
+            with self._lock:
+                self._counts.dropped += 1
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        key = (msg.width, msg.height, tuple(msg.k), tuple(msg.d))
+        if key == self._camera_info_key and self._camera is not None:
+            return  # unchanged: skip re-validation at camera rate
+        try:
+            cam = conv.camera_info_to_camera(msg)
+        except conv.BadInputError as err:
+            self._camera, self._camera_info_key = None, None
+            self._camera_error = f"invalid camera_info: {err}"
+            self._bad_input(self._camera_error)
+            return
+        self._camera, self._camera_info_key, self._camera_error = cam, key, ""
+
+    def _on_initialpose(self, msg: PoseWithCovarianceStamped) -> None:
+        frame = msg.header.frame_id
+        if frame and frame != self._p("map_frame"):
+            self._bad_input(f"initialpose in frame {frame!r} ignored: must be in {self._p('map_frame')!r}")
+            return
+        try:
+            T_map_out = conv.pose_to_T(msg.pose.pose, "initialpose")
+        except conv.BadInputError as err:
+            self._bad_input(str(err))
+            return
+        T_map_cam = T_map_out @ self._T_base_cam() if self._p("base_frame") else T_map_out
+        self._prior = (T_map_cam, time.monotonic())
+        self._reset_pending.set()  # a new hint of where we are: the gate's old reference is void
+        self.get_logger().info(f"initialpose received: prior at {np.round(T_map_out[:3, 3], 2).tolist()} m")
+
+    def _on_odom(self, msg: Odometry) -> None:
+        odom_frame, base_frame = self._p("odom_frame"), self._p("base_frame")
+        if msg.header.frame_id and msg.header.frame_id != odom_frame:
+            self._bad_input(f"odometry in frame {msg.header.frame_id!r} ignored: odom_frame is {odom_frame!r}")
+            return
+        if msg.child_frame_id and msg.child_frame_id != base_frame:
+            self._bad_input(f"odometry of {msg.child_frame_id!r} ignored: base_frame is {base_frame!r}")
+            return
+        try:
+            self._odom.add(conv.stamp_to_ns(msg.header.stamp), conv.pose_to_T(msg.pose.pose, "odom"))
+        except (conv.BadInputError, ValueError) as err:
+            self._bad_input(str(err))
+
+    def _on_relocalize(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        if self.localizer is None:
+            response.success, response.message = False, "not configured: no localizer loaded"
+            return response
+        self._prior = None
+        self._reset_pending.set()
+        response.success = True
+        response.message = "gate, prior and localizer state reset: the next frame is localized globally"
+        self.get_logger().info("relocalize: " + response.message)
+        return response
+
+    # ---------------------------------------------------------------------------------- worker
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            item = self._mailbox.get(0.1)
+            if item is None:
+                continue
+            msg, t_received = item
+            try:
+                self._process(msg, t_received)
+            except Exception as err:  # never let one frame kill the worker
+                self._set_error(f"processing failed: {type(err).__name__}: {err}")
+                with self._lock:
+                    self._counts.errors += 1
+                self.get_logger().error(f"processing failed: {type(err).__name__}: {err}")
+
+    def _T_base_cam(self, camera_frame: str = "") -> np.ndarray:
+        if self._tf_buffer is not None and self._p("use_tf_extrinsic") and camera_frame:
+            try:
+                tf = self._tf_buffer.lookup_transform(self._p("base_frame"), camera_frame, RclTime())
+                return conv.transform_to_T(tf.transform, "TF base->camera")
+            except Exception as err:  # not in TF (yet): fall back to the parameters
+                self.get_logger().warning(f"TF {self._p('base_frame')}->{camera_frame} unavailable ({err})", once=True)
+        return self._T_base_cam_params
+
+    def _T_odom_base(self, stamp_ns: int) -> np.ndarray | None:
+        T = self._odom.lookup(stamp_ns)
+        if T is None and self._tf_buffer is not None:
+            try:
+                stamp = RclTime(nanoseconds=stamp_ns)
+                tf = self._tf_buffer.lookup_transform(self._p("odom_frame"), self._p("base_frame"), stamp)
+                T = conv.transform_to_T(tf.transform, "TF odom->base")
+            except Exception:
+                T = None
+        return T
+
+    def _process(self, msg, t_received: float) -> None:
+        stamp_ns = conv.stamp_to_ns(msg.header.stamp)
+        try:
+            rgb = conv.compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else conv.image_to_rgb(msg)
+        except conv.BadInputError as err:
+            self._bad_input(f"image at {stamp_ns} ns dropped: {err}")
+            return
+        camera = self._camera
+        if camera is None:
+            self._bad_input(f"image at {stamp_ns} ns dropped: {self._camera_error} on camera_info")
+            return
+        h, w = rgb.shape[:2]
+        if (camera.width, camera.height) != (w, h):
+            self._bad_input(
+                f"image at {stamp_ns} ns dropped: image is {w}x{h} but camera_info says {camera.width}x{camera.height}"
+            )
+            return
+        if self._reset_pending.is_set():
+            self._reset_pending.clear()
+            self._gate.reset()
+            self.localizer.reset()
+        prior = None
+        if self._prior is not None:
+            T_prior, t_prior = self._prior
+            timeout = float(self._p("prior_timeout_s"))
+            if timeout <= 0 or time.monotonic() - t_prior <= timeout:
+                prior = T_prior
+        result = self.localizer.localize(rgb, camera, stamp_ns, prior)
+        result = self._gate.check(result, stamp_ns)
+        latency_s = time.perf_counter() - t_received
+        self._publish(result, msg.header.frame_id, stamp_ns, latency_s)
+
+    def _publish(self, result: LocalizationResult, image_frame: str, stamp_ns: int, latency_s: float) -> None:
+        map_frame = self._p("map_frame")
+        base_frame = self._p("base_frame")
+        camera_frame = self._p("camera_frame") or image_frame or "camera"
+        T_cam_out = invert_T(self._T_base_cam(camera_frame)) if base_frame else np.eye(4)
+        out_frame = base_frame or camera_frame
+        T_map_out, cov_out = result.T_world_cam, result.covariance_66
+        if np.all(np.isfinite(result.T_world_cam)):
+            T_map_out, cov_out = pose_in_output_frame(result.T_world_cam, result.covariance_66, T_cam_out)
+        stamp = conv.ns_to_stamp(stamp_ns)
+        with self._lock:
+            c = self._counts
+            c.processed += 1
+            c.latency_sum_s += latency_s
+            c.last_latency_s = latency_s
+            if result.status == Status.LOCALIZED:
+                c.localized += 1
+            elif result.status == Status.REJECTED:
+                c.rejected += 1
+                c.last_status_reason = result.status_reason
+            else:
+                c.not_localized += 1
+                c.last_status_reason = result.status_reason
+        self._pubs["localization"].publish(
+            conv.result_to_msg(result, stamp_ns, map_frame, T_map_out, cov_out, latency_s)
+        )
+        if result.status != Status.LOCALIZED:
+            self.get_logger().info(f"{result.status.name} at {stamp_ns} ns: {result.status_reason}")
+            return
+        pose = PoseStamped()
+        pose.header.stamp, pose.header.frame_id = stamp, map_frame
+        pose.pose = conv.T_to_pose(T_map_out)
+        self._pubs["pose"].publish(pose)
+        pose_cov = PoseWithCovarianceStamped()
+        pose_cov.header.stamp, pose_cov.header.frame_id = stamp, map_frame
+        pose_cov.pose = conv.to_pose_with_covariance(T_map_out, cov_out)
+        self._pubs["pose_cov"].publish(pose_cov)
+        if self._p("publish_tf"):
+            self._publish_tf(T_map_out, out_frame, stamp_ns)
+
+    def _publish_tf(self, T_map_out: np.ndarray, out_frame: str, stamp_ns: int) -> None:
+        map_frame, odom_frame = self._p("map_frame"), self._p("odom_frame")
+        if odom_frame:
+            T_odom_base = self._T_odom_base(stamp_ns)
+            if T_odom_base is None:
+                with self._lock:
+                    self._counts.tf_skipped += 1
+                self.get_logger().warning(
+                    f"no {odom_frame}->{out_frame} odometry at the image stamp {stamp_ns} ns: map->odom not published",
+                    throttle_duration_sec=5.0,
+                )
+                return
+            tolerance_ns = int(float(self._p("transform_tolerance")) * 1e9)
+            tf = conv.transform_stamped(
+                T_map_odom_from(T_map_out, T_odom_base), map_frame, odom_frame, stamp_ns + tolerance_ns
+            )
+        else:
+            tf = conv.transform_stamped(T_map_out, map_frame, out_frame, stamp_ns)
+        if self._tf_broadcaster is not None:
+            self._tf_broadcaster.sendTransform(tf)
+        elif self._tf_pub is not None:
+            self._tf_pub.publish(TFMessage(transforms=[tf]))
+
+    # ----------------------------------------------------------------------------- diagnostics
+
+    def _bad_input(self, what: str) -> None:
+        with self._lock:
+            self._counts.bad_input += 1
+            self._counts.last_error = what
+        self.get_logger().warning(f"bad input: {what}", throttle_duration_sec=1.0)
+
+    def _set_error(self, what: str) -> None:
+        with self._lock:
+            self._counts.last_error = what
+
+    def counters(self) -> dict:
+        """A snapshot of the frame counters (what /diagnostics reports)."""
+        with self._lock:
+            return dataclasses.asdict(self._counts)
+
+    def _publish_diagnostics(self) -> None:
+        with self._lock:
+            c = dataclasses.replace(self._counts)
+        now = time.monotonic()
+        prev_received, prev_processed, prev_t = self._prev_counts
+        dt = max(now - prev_t, 1e-6)
+        self._prev_counts = (c.received, c.processed, now)
+        state = "active" if self._active else ("inactive" if self.localizer is not None else "unconfigured")
+        if self.localizer is None:
+            level, message = "error", f"not configured: {c.last_error or 'waiting for configure'}"
+        elif c.bad_input or c.errors:
+            level, message = "warn", f"{state}; last problem: {c.last_error}"
+        else:
+            level, message = "ok", state
+        status = DiagnosticStatus()
+        status.level = _DIAG_LEVEL[level]
+        status.name = f"{self.get_name()}: localization"
+        status.message = message
+        status.hardware_id = str(self._p("model"))
+        values = {
+            "state": state,
+            "method": self.localizer.method if self.localizer is not None else "",
+            "frames_received": c.received,
+            "frames_processed": c.processed,
+            "frames_dropped": c.dropped,
+            "frames_localized": c.localized,
+            "frames_not_localized": c.not_localized,
+            "frames_rejected": c.rejected,
+            "bad_input": c.bad_input,
+            "errors": c.errors,
+            "tf_skipped": c.tf_skipped,
+            "last_error": c.last_error,
+            "last_status_reason": c.last_status_reason,
+            "input_rate_hz": f"{(c.received - prev_received) / dt:.2f}",
+            "processing_rate_hz": f"{(c.processed - prev_processed) / dt:.2f}",
+            "mean_latency_ms": f"{1000 * c.latency_sum_s / c.processed:.2f}" if c.processed else "nan",
+            "last_latency_ms": f"{1000 * c.last_latency_s:.2f}",
+        }
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status = [status]
+        self._diag_pub.publish(array)
+
+
+def _result_msg_type():
+    from visloc_ros.msg import LocalizationResult as LocalizationResultMsg
+
+    return LocalizationResultMsg
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of the ``localizer_node`` executable and of ``python -m visloc_ros.localizer_node``."""
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = LocalizerNode()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    code = 0
+    try:
+        if node.get_parameter("autostart").value and not node.autostart():
+            node.get_logger().error("autostart failed (see above); the node stays up, unconfigured")
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.stop()
+        executor.remove_node(node)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
