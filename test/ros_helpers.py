@@ -10,6 +10,7 @@ files of the trainer and model, so a change of either retrains it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import shutil
@@ -74,10 +75,8 @@ def trained_tiny_artifact() -> Path:
     try:
         make_tiny_dataset(work / "data", n_train=TINY_N_TRAIN)
         art = train(TINY_TRAIN_CFG, work / "data", work / "artifact", argparse.Namespace(work_dir=str(work / "train")))
-        try:
+        with contextlib.suppress(OSError):  # another session won the race: use theirs
             art.rename(out)
-        except OSError:  # another session won the race: use theirs
-            pass
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
@@ -110,7 +109,6 @@ class Probe:
         from sensor_msgs.msg import CameraInfo, CompressedImage, Image
         from std_srvs.srv import Trigger
         from tf2_msgs.msg import TFMessage
-
         from visloc_ros.msg import LocalizationResult
 
         self.node = rclpy.create_node(name)
