@@ -1,0 +1,59 @@
+"""The sanity gate (no ROS): jump bounds, time window, pass-through of the localizer's own verdicts, reset."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from visloc_core.geometry import R_from_rotvec, T_from_R_t
+from visloc_core.localizers.base import LocalizationResult, Status
+from visloc_core.localizers.gate import GateConfig, SanityGate
+
+S = 1_000_000_000
+
+
+def res(t_xyz, yaw_deg=0.0, status=Status.LOCALIZED, reason="") -> LocalizationResult:
+    T = T_from_R_t(R_from_rotvec(np.array([0.0, np.deg2rad(yaw_deg), 0.0])), np.asarray(t_xyz, dtype=float))
+    return LocalizationResult(T, np.eye(6) * 0.01, status, "test", status_reason=reason)
+
+
+def test_jump_in_translation_and_rotation_is_rejected_within_window():
+    gate = SanityGate(GateConfig(max_jump_m=1.0, max_jump_deg=20.0, window_s=2.0))
+    assert gate.check(res([0, 0, 0]), 0).status == Status.LOCALIZED
+    assert gate.check(res([0.9, 0, 0]), 1 * S).status == Status.LOCALIZED  # 0.9 m: within the bound
+    far = gate.check(res([2.0, 0, 0]), 2 * S)  # 1.1 m from the last accepted (0.9, 0, 0)
+    assert far.status == Status.REJECTED and "1.10 m" in far.status_reason
+    assert np.isclose(far.extras["jump_m"], 1.1)
+    turned = gate.check(res([0.9, 0, 0], yaw_deg=25.0), 2 * S)
+    assert turned.status == Status.REJECTED and "25.0 deg" in turned.status_reason
+    # the reference is still the last ACCEPTED pose
+    assert gate.reference[0] == 1 * S
+
+
+def test_window_expiry_and_reset_accept_again():
+    gate = SanityGate(GateConfig(max_jump_m=0.5, max_jump_deg=10.0, window_s=1.0))
+    gate.check(res([0, 0, 0]), 0)
+    assert gate.check(res([5, 0, 0]), S // 2).status == Status.REJECTED
+    assert gate.check(res([5, 0, 0]), 1 * S + 1).status == Status.LOCALIZED  # reference older than the window
+    assert gate.check(res([0, 0, 0]), 2 * S).status == Status.REJECTED
+    gate.reset()
+    assert gate.reference is None
+    assert gate.check(res([0, 0, 0]), 2 * S).status == Status.LOCALIZED
+
+
+def test_localizer_verdicts_pass_through_and_do_not_move_the_reference():
+    gate = SanityGate(GateConfig(max_jump_m=0.5, window_s=10.0))
+    gate.check(res([0, 0, 0]), 0)
+    outside = gate.check(res([0.1, 0, 0], status=Status.REJECTED, reason="pose outside the mapped region"), S)
+    assert outside.status == Status.REJECTED and outside.status_reason == "pose outside the mapped region"
+    nl = LocalizationResult.not_localized("test", "too few inliers")
+    assert gate.check(nl, S).status == Status.NOT_LOCALIZED
+    assert gate.reference[0] == 0
+    nan = res([0, 0, 0])
+    nan.T_world_cam[0, 3] = np.nan
+    assert gate.check(nan, S).status == Status.REJECTED
+
+
+def test_disabled_bounds():
+    gate = SanityGate(GateConfig(max_jump_m=0.0, max_jump_deg=0.0, window_s=10.0))
+    gate.check(res([0, 0, 0]), 0)
+    assert gate.check(res([100, 0, 0], yaw_deg=170), S).status == Status.LOCALIZED
