@@ -84,6 +84,7 @@ NODE_NAME = "visloc_localizer"
 PARAMETERS: dict[str, tuple[object, str]] = {
     "model": ("", "artifact folder to load at configure (visloc train / visloc map build output)"),
     "device": ("cpu", "torch device of the localizer: cpu, cuda, cuda:1"),
+    "method": ("", "expected localizer kind of the artifact (apr, relpose); empty accepts the artifact's kind"),
     "compressed": (False, "subscribe to image/compressed (sensor_msgs/CompressedImage, jpeg/png) instead of image"),
     "image_qos": (
         "sensor_data",
@@ -232,8 +233,11 @@ class LocalizerNode(LifecycleNode):
                 raise ValueError("odom_frame is set but base_frame is empty: map->odom needs the base frame")
             if self._p("image_qos") not in ("sensor_data", "reliable", "system_default"):
                 raise ValueError(f"image_qos {self._p('image_qos')!r}: use sensor_data, reliable or system_default")
-            from visloc_core.localizers.loading import load_localizer
+            from visloc_core.localizers.loading import load_localizer, read_artifact_meta
 
+            kind = read_artifact_meta(model)["kind"]
+            if self._p("method") and self._p("method") != kind:
+                raise ValueError(f"artifact {model} holds a {kind!r} localizer but method is {self._p('method')!r}")
             t0 = time.perf_counter()
             self.localizer = load_localizer(Path(model), str(self._p("device")))
             self.get_logger().info(

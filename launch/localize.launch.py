@@ -1,0 +1,100 @@
+"""Launch the visloc localizer lifecycle node, configured and activated automatically.
+
+    ros2 launch visloc_ros localize.launch.py model:=/path/to/artifact \
+        image_topic:=/camera/image_raw camera_info_topic:=/camera/camera_info
+
+Arguments map onto node parameters (config/localize.yaml holds the rest; ``config:=`` picks another
+file); topics are remappings. With ``autostart:=true`` (default) launch drives the lifecycle:
+configure at start, activate once the node reaches 'inactive' (an unconfigurable node, e.g. a wrong
+``model``, stays unconfigured and says why on /diagnostics). Set ``autostart:=false`` to hand the
+node to a lifecycle manager (e.g. nav2_lifecycle_manager with node_names: [visloc_localizer]).
+
+Without ``ros2 launch`` (PyPI-only installs), the same node runs with
+``python -m visloc_ros.localizer_node --ros-args --params-file config/localize.yaml -p model:=ARTIFACT
+-p autostart:=true -r image:=/camera/image_raw -r camera_info:=/camera/camera_info``.
+"""
+
+from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.conditions import IfCondition
+from launch.events import matches_action
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import LifecycleNode
+from launch_ros.descriptions import ParameterValue
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
+from launch_ros.substitutions import FindPackageShare
+from lifecycle_msgs.msg import Transition
+
+from launch import LaunchDescription
+
+# launch argument -> (default, description); parameters of the node unless listed in REMAPS / LAUNCH_ONLY
+ARGUMENTS = {
+    "model": ("", "artifact folder (visloc train / visloc map build output)"),
+    "device": ("cpu", "torch device: cpu, cuda, cuda:1"),
+    "method": ("", "expected localizer kind of the artifact (apr, relpose); empty accepts any"),
+    "compressed": ("false", "subscribe to <image_topic>/compressed (jpeg/png) instead of the raw image"),
+    "map_frame": ("map", "frame of every output"),
+    "odom_frame": ("", "odometry frame; set it (e.g. odom) to publish map->odom per REP-105"),
+    "base_frame": ("base_link", "robot frame whose pose is published; empty = the camera's pose"),
+    "camera_frame": ("", "camera optical frame; empty = the image header's frame_id"),
+    "publish_tf": ("true", "publish map->odom (or map->base_frame) on /tf"),
+    "image_topic": ("/camera/image_raw", "raw image topic (its /compressed sibling with compressed:=true)"),
+    "camera_info_topic": ("/camera/camera_info", "camera_info topic"),
+    "odom_topic": ("/odom", "nav_msgs/Odometry topic (used when odom_frame is set)"),
+    "initialpose_topic": ("/initialpose", "prior pose topic (RViz '2D Pose Estimate')"),
+    "config": (None, "parameter file (default: share/visloc_ros/config/localize.yaml)"),
+    "autostart": ("true", "configure and activate the node from this launch file"),
+}
+REMAPS = {"image_topic", "camera_info_topic", "odom_topic", "initialpose_topic"}
+LAUNCH_ONLY = {"config", "autostart"}
+BOOL_PARAMETERS = {"compressed", "publish_tf"}
+
+
+def generate_launch_description() -> LaunchDescription:
+    default_config = PathJoinSubstitution([FindPackageShare("visloc_ros"), "config", "localize.yaml"])
+    declared = [
+        DeclareLaunchArgument(name, default_value=default if default is not None else default_config, description=desc)
+        for name, (default, desc) in ARGUMENTS.items()
+    ]
+    overrides = {
+        name: ParameterValue(LaunchConfiguration(name), value_type=bool if name in BOOL_PARAMETERS else str)
+        for name in ARGUMENTS
+        if name not in REMAPS | LAUNCH_ONLY
+    }
+    image_topic = LaunchConfiguration("image_topic")
+    node = LifecycleNode(
+        package="visloc_ros",
+        executable="localizer_node",
+        name="visloc_localizer",
+        namespace="",
+        output="screen",
+        parameters=[LaunchConfiguration("config"), overrides],
+        remappings=[
+            ("image", image_topic),
+            ("image/compressed", [image_topic, "/compressed"]),
+            ("camera_info", LaunchConfiguration("camera_info_topic")),
+            ("odom", LaunchConfiguration("odom_topic")),
+            ("initialpose", LaunchConfiguration("initialpose_topic")),
+        ],
+    )
+    autostart = IfCondition(LaunchConfiguration("autostart"))
+    configure = EmitEvent(
+        event=ChangeState(lifecycle_node_matcher=matches_action(node), transition_id=Transition.TRANSITION_CONFIGURE),
+        condition=autostart,
+    )
+    activate = RegisterEventHandler(
+        OnStateTransition(
+            target_lifecycle_node=node,
+            start_state="configuring",
+            goal_state="inactive",
+            entities=[
+                EmitEvent(
+                    event=ChangeState(
+                        lifecycle_node_matcher=matches_action(node), transition_id=Transition.TRANSITION_ACTIVATE
+                    )
+                )
+            ],
+        ),
+        condition=autostart,
+    )
+    return LaunchDescription([*declared, node, activate, configure])
