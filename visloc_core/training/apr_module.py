@@ -155,7 +155,7 @@ class APRModule(pl.LightningModule):
         lr = self.current_lr(epoch)
         for opt in self.trainer.optimizers:
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_factor", 1.0)
         self.log("train/lr", lr, on_step=False, on_epoch=True)
         dm = self.trainer.datamodule
         if dm is not None and hasattr(dm, "set_epoch"):
@@ -232,9 +232,16 @@ class APRModule(pl.LightningModule):
     # ------------------------------------------------------------------ optimiser, checkpoint state
     def configure_optimizers(self):
         t = self.cfg["train"]
-        params = list(self.named_trainables().values())
+        lr = self.stages[0]["lr"]
+        factor = float(t["loss_lr_factor"])
+        groups = [{"params": list(self.model.parameters()), "lr_factor": 1.0}]
+        # The learned loss weights: no weight decay (it would pull s_x, s_q towards 0, i.e. bias the
+        # balance), optionally a larger LR so that short trainings let them adapt.
+        groups.append(
+            {"params": list(self.loss.parameters()), "lr_factor": factor, "lr": lr * factor, "weight_decay": 0.0}
+        )
         opt_cls = torch.optim.AdamW if t["optimizer"] == "adamw" else torch.optim.Adam
-        return opt_cls(params, lr=self.stages[0]["lr"], weight_decay=float(t["weight_decay"]))
+        return opt_cls(groups, lr=lr, weight_decay=float(t["weight_decay"]))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["visloc_sched"] = {"lr_factor": self._lr_factor, "best": self._best_score, "bad": self._bad_epochs}

@@ -42,7 +42,8 @@ DEFAULT_CONF: dict[str, Any] = {
     "train": {
         "epochs": 30,  # total epochs when no stages are given
         "lr": 1.0e-4,  # Adam(W) learning rate
-        "weight_decay": 1.0e-4,
+        "weight_decay": 1.0e-4,  # not applied to the learned loss weights
+        "loss_lr_factor": 1.0,  # LR multiplier of the learned loss weights (s_x, s_q / alpha, beta); 1 = same LR
         "optimizer": "adam",  # adam | adamw
         "scheduler": "constant",  # constant | cosine (per stage) | plateau (x factor after patience epochs)
         "plateau_factor": 0.5,  # plateau: LR multiplier
