@@ -121,6 +121,11 @@ class LearnedRelPoseEstimator(RelPoseEstimator):
                 raise FileNotFoundError(f"keyframe {kf.key}: cannot read semantic map {kf.semantic_path!r}")
         return self._prepare(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), sem, f"keyframe {kf.key}")
 
+    @property
+    def uses_semantics(self) -> bool:
+        """True when the network has BiasNet: callers should pass the query's class map if they have one."""
+        return self.use_semantic
+
     def _cache_key(self, kf: Keyframe) -> str:
         return f"{kf.key}|{kf.image_path}"
 
