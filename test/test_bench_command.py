@@ -208,3 +208,37 @@ def test_bench_all_runs_available_modules_and_records_status(tmp_path, capsys, m
     assert visloc_main(["bench", "all", "--out", str(out3), "--skip", "relpose"]) == 0
     assert _strict_json(out3 / "all.json")["benchmarks"]["relpose"]["status"] == "skipped"
     assert visloc_main(["bench", "all", "--out", str(out3), "--skip", "nope"]) == 2
+
+
+def test_parser_imports_benchmark_modules_only_when_used(capsys) -> None:
+    """Building the `visloc` parser must not import benchmark modules (some import torch at the top)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, visloc_core.cli as c; c._build_parser(); "
+        "print(sorted(m for m in sys.modules if m.startswith('visloc_core.evaluation.bench.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    # The benchmark's own options appear in its --help (loaded on demand).
+    with pytest.raises(SystemExit) as exc:
+        visloc_main(["bench", "relpose", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "--solvers" in text and "--out" in text
+
+
+def test_table_rows_of_nested_results() -> None:
+    rows = dict(
+        bench_cmd.flatten(
+            {"a": {"b": 1.23456, "c": [1.0, 2.0]}, "cases": [{"x": 1}, {"x": 2}], "long": list(range(10)), "s": "ok"}
+        )
+    )
+    assert rows == {
+        "a.b": "1.235",
+        "a.c": "[1, 2]",
+        "cases": "[2 records: see the JSON file]",
+        "long": "[10 values]",
+        "s": "ok",
+    }

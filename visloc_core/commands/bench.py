@@ -16,7 +16,9 @@ writes each ``DIR/<name>.json`` as soon as it finishes (an interruption keeps th
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import json
 import logging
 import math
@@ -32,6 +34,7 @@ from ..evaluation.bench import BENCHMARKS
 log = logging.getLogger(__name__)
 
 _PACKAGE = "visloc_core.evaluation.bench"
+MAX_TABLE_ROWS = 80
 
 
 def load_benchmark(name: str) -> ModuleType:
@@ -54,7 +57,7 @@ def load_benchmark(name: str) -> ModuleType:
 
 
 def availability() -> dict[str, tuple[bool, str]]:
-    """name -> (available, HELP or the reason it is not)."""
+    """name -> (available, HELP or the reason it is not). Imports every benchmark module."""
     out = {}
     for name in BENCHMARKS:
         try:
@@ -64,19 +67,68 @@ def availability() -> dict[str, tuple[bool, str]]:
     return out
 
 
+def static_help(name: str) -> str | None:
+    """The module's HELP string read from its source WITHOUT importing it (benchmark modules may import
+    torch at the top; building the CLI parser must stay fast). None when the module does not exist."""
+    try:
+        spec = importlib.util.find_spec(f"{_PACKAGE}.{BENCHMARKS[name]}")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not Path(spec.origin).is_file():
+        return None
+    try:
+        tree = ast.parse(Path(spec.origin).read_text())
+    except (OSError, SyntaxError):
+        return ""
+    for node in tree.body:
+        is_help = isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "HELP" for t in node.targets)
+        if is_help and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            return node.value.value
+    return ""
+
+
 def _add_out(parser: argparse.ArgumentParser) -> None:
     if "--out" not in parser._option_string_actions:
         parser.add_argument("--out", required=True, help="folder for <name>.json (created if needed)")
 
 
+class _LazyBenchParser(argparse.ArgumentParser):
+    """Subparser of one benchmark that imports the module and adds its options only when that
+    benchmark is actually parsed or its --help shown (not for every `visloc` invocation)."""
+
+    bench_name: str | None = None
+    _loaded = False
+
+    def _load(self) -> None:
+        if self._loaded or self.bench_name is None:
+            return
+        self._loaded = True
+        try:
+            mod = load_benchmark(self.bench_name)
+        except ValueError:
+            pass  # unavailable: run() reports why, with --out still accepted
+        else:
+            mod.add_arguments(self)
+        _add_out(self)
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._load()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._load()
+        return super().format_help()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list", action="store_true", help="list the benchmarks and whether each is available")
-    sub = parser.add_subparsers(dest="bench_name", metavar="NAME")
-    for name, (ok, text) in availability().items():
-        p = sub.add_parser(name, help=text if ok else f"(unavailable) {text}", description=text)
-        if ok:
-            load_benchmark(name).add_arguments(p)
-        _add_out(p)
+    # Every subparser is lazy: a benchmark's module is imported only when that benchmark is used.
+    sub = parser.add_subparsers(dest="bench_name", metavar="NAME", parser_class=_LazyBenchParser)
+    for name in BENCHMARKS:
+        text = static_help(name)
+        p = sub.add_parser(name, help=text if text is not None else "(unavailable: module not written yet)",
+                           description=text or None)  # fmt: skip
+        p.bench_name = name
     p_all = sub.add_parser(
         "all",
         help="run every available benchmark with its defaults",
@@ -121,20 +173,27 @@ def write_result(out_dir: Path, name: str, result: dict) -> Path:
 
 
 def flatten(d: Any, prefix: str = "", max_list: int = 6) -> list[tuple[str, str]]:
-    """(dotted key, text) rows of a nested result; long lists are summarised."""
+    """(dotted key, text) rows of a nested result for the table; lists of records and long lists are
+    summarised (the JSON file holds everything)."""
     rows: list[tuple[str, str]] = []
     if isinstance(d, dict):
         for k, v in d.items():
             rows += flatten(v, f"{prefix}.{k}" if prefix else str(k), max_list)
+    elif isinstance(d, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in d):
+        rows.append((prefix, f"[{len(d)} records: see the JSON file]"))
     elif isinstance(d, (list, tuple)) and len(d) > max_list:
         rows.append((prefix, f"[{len(d)} values]"))
-    elif isinstance(d, float):
-        rows.append((prefix, f"{d:.4g}" if math.isfinite(d) else str(d)))
     elif isinstance(d, (list, tuple)):
-        rows.append((prefix, "[" + ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in d) + "]"))
+        rows.append((prefix, "[" + ", ".join(_cell(v) for v in d) + "]"))
     else:
-        rows.append((prefix, str(d)))
+        rows.append((prefix, _cell(d)))
     return rows
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if math.isfinite(v) else str(v)
+    return str(v)
 
 
 def print_table(name: str, result: dict, path: Path) -> None:
@@ -144,17 +203,23 @@ def print_table(name: str, result: dict, path: Path) -> None:
     table = Table(title=f"visloc bench {name}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for k, v in flatten({k: v for k, v in result.items() if k != "bench_meta"}):
+    # Machine facts go in the footer line (and the JSON), not the table.
+    rows = flatten({k: v for k, v in result.items() if k not in ("bench_meta", "machine")})
+    for k, v in rows[:MAX_TABLE_ROWS]:
         table.add_row(k, v)
+    if len(rows) > MAX_TABLE_ROWS:
+        table.add_row(f"... {len(rows) - MAX_TABLE_ROWS} more rows", "see the JSON file")
     console = Console()
     if not console.is_terminal:
         console = Console(width=120)
     console.print(table)
     meta = result.get("bench_meta", {})
     m = meta.get("machine", {})
+    load = m.get("load_average_1_5_15min")
+    load_text = "/".join(f"{x:.1f}" for x in load) if load else "?"
     console.print(
         f"{m.get('cpu_model', '?')}, {m.get('usable_cores', '?')} cores, torch threads {m.get('torch_threads', '?')}, "
-        f"load {m.get('load_average_1_5_15min', '?')}; {meta.get('duration_s', 0):.1f} s; written {path}"
+        f"load (1/5/15 min) {load_text}; took {meta.get('duration_s', 0):.1f} s; written {path}"
     )
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import chi2
 
 from ..geometry import rotvec_from_R
 from .records import FrameOutcome
@@ -62,6 +61,8 @@ def _is_pd(cov: np.ndarray) -> bool:
 
 
 def _block_summary(values: np.ndarray, dof: int) -> dict:
+    from scipy.stats import chi2  # here, not at import: scipy.stats takes seconds to import (CLI start-up)
+
     n = len(values)
     bounds = {f"{round(p * 100)}%": float(chi2.ppf(p, dof)) for p in LEVELS}
     within = {f"{round(p * 100)}%": float(np.mean(values <= b)) for p, b in zip(LEVELS, bounds.values())}
