@@ -210,6 +210,11 @@ def test_degenerate_sets(tmp_path) -> None:
     bad = _frame(0, "A", "s1", "normal", "LOCALIZED", 0.1, 1.0, 5.0)
     bad.T_world_cam_est = NAN44.copy()
     assert summarize([bad])["n_localized"] == 0
+    # A frame without ground truth is an input error, not a miss.
+    no_gt = _frame(1, "A", "s1", "normal", "LOCALIZED", 0.1, 1.0, 5.0)
+    no_gt.T_world_cam_gt = NAN44.copy()
+    with pytest.raises(ValueError, match="no finite ground-truth pose"):
+        summarize([bad, no_gt])
 
 
 # ----------------------------------------------------------------------------------- calibration

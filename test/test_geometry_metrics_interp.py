@@ -74,6 +74,7 @@ def test_not_localized_is_infinite_and_misses_every_threshold() -> None:
     assert t_err[0] == 0.0 and np.isinf(t_err[1]) and t_err[2] == pytest.approx(0.05, abs=1e-15)
     assert r_err[0] == 0.0 and np.isinf(r_err[1]) and r_err[2] == 0.0
     assert np.isinf(translation_error_m(np.full((4, 4), np.nan), np.eye(4)))
+    assert np.isinf(rotation_error_deg(np.eye(3), np.full((3, 3), np.nan)))  # NaN on either side
     rec = recall_at_thresholds(t_err, r_err)
     assert rec["0.01m_1deg"] == pytest.approx(1 / 3)
     assert rec["0.05m_5deg"] == pytest.approx(2 / 3)  # <= is inclusive at exactly 5 cm

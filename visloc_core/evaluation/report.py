@@ -92,6 +92,13 @@ def frame_errors(outcomes: Sequence[FrameOutcome]) -> tuple[np.ndarray, np.ndarr
         return np.zeros(0), np.zeros(0)
     est = np.stack([np.asarray(o.T_world_cam_est, dtype=np.float64) for o in outcomes])
     gt = np.stack([np.asarray(o.T_world_cam_gt, dtype=np.float64) for o in outcomes])
+    no_gt = ~np.all(np.isfinite(gt), axis=(1, 2))
+    if no_gt.any():
+        names = [o.name for o, b in zip(outcomes, no_gt) if b]
+        raise ValueError(
+            f"{len(names)} frame(s) have no finite ground-truth pose (e.g. {names[:3]}); "
+            "drop them before scoring (a missing truth is not a localization failure)"
+        )
     ok = np.array([o.status == "LOCALIZED" for o in outcomes]) & np.all(np.isfinite(est), axis=(1, 2))
     est = np.where(ok[:, None, None], est, np.nan)
     t, r = pose_errors(est, gt)

@@ -23,11 +23,12 @@ RECALL_THRESHOLDS: tuple[tuple[float, float], ...] = (
 
 
 def rotation_error_deg(R_est: np.ndarray, R_gt: np.ndarray) -> np.ndarray:
-    """Angle (degrees) of R_est R_gt^T for rotation matrices (..., 3, 3); NaN input gives inf."""
+    """Angle (degrees) of R_est R_gt^T for rotation matrices (..., 3, 3); NaN input (either) gives inf."""
     R_est = np.asarray(R_est, dtype=np.float64)
     R_gt = np.asarray(R_gt, dtype=np.float64)
-    bad = ~np.all(np.isfinite(R_est), axis=(-1, -2))
-    R_rel = np.where(bad[..., None, None], np.eye(3), R_est) @ np.swapaxes(R_gt, -1, -2)
+    bad = ~np.all(np.isfinite(R_est), axis=(-1, -2)) | ~np.all(np.isfinite(R_gt), axis=(-1, -2))
+    eye = np.eye(3)
+    R_rel = np.where(bad[..., None, None], eye, R_est) @ np.swapaxes(np.where(bad[..., None, None], eye, R_gt), -1, -2)
     return np.where(bad, np.inf, rotation_angle_deg(R_rel))
 
 
