@@ -71,7 +71,9 @@ def trajectory_png(outcomes: Sequence[FrameOutcome]) -> bytes:
             err = t_err[[idx[j] for j in loc]]
             segs = np.stack([gt[loc][:, [a, b]], est[:, [a, b]]], axis=1)
             ax.add_collection(LineCollection(segs, colors=cmap(norm(err)), linewidths=0.6, alpha=0.6, zorder=2))
-            ax.scatter(est[:, a], est[:, b], c=err, cmap=cmap, norm=norm, s=14, zorder=3, label="estimate")
+            ax.scatter(est[:, a], est[:, b], c=err, cmap=cmap, norm=norm, s=14, zorder=3)
+            # Legend proxy: a scatter's own legend entry takes the colour of its first point.
+            ax.scatter([], [], color="0.35", s=14, label="estimate (colour: error)")
         for status, marker, color in (("REJECTED", "x", "tab:red"), ("NOT_LOCALIZED", "+", "black")):
             js = [j for j, i in enumerate(idx) if outcomes[i].status == status]
             if js:
