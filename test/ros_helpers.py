@@ -199,3 +199,46 @@ class Probe:
         self.image_pub.publish(msg)
         if wait_topic:
             self.wait_for(lambda: self.count(wait_topic) > before, timeout_s, f"a message on {wait_topic}")
+
+
+def _mounts():
+    from visloc_core.geometry import R_from_rotvec, T_from_R_t
+
+    mount = T_from_R_t(R_from_rotvec(np.array([0.0, 0.1, 0.05])), np.array([0.25, -0.05, 0.6]))
+    drift = T_from_R_t(R_from_rotvec(np.array([0.0, 0.0, 0.3])), np.array([0.4, -0.2, 0.0]))
+    return mount, drift
+
+
+def write_tiny_bag(
+    path: Path,
+    s_values,
+    t0_ns: int = 1_000_000_000_000,
+    period_ns: int = 100_000_000,
+    storage: str = "sqlite3",
+    compressed: bool = False,
+) -> tuple[Path, list[int], list[np.ndarray]]:
+    """A real rosbag2 of apr_tiny's scene seen from a robot: camera at ``s_values``, /ground_truth/pose
+    (T_map_base), /odom at twice the camera rate with a constant map->odom drift, /tf, /tf_static.
+    Returns (bag path, image stamps, true T_world_cam of the optical frame per image)."""
+    from visloc_core.data.bags.write import SequenceBagWriter
+    from visloc_core.geometry import ROS_OPTICAL_TO_BODY, interpolate_poses, invert_T
+
+    mount, drift = _mounts()
+    T_base_cam = mount @ ROS_OPTICAL_TO_BODY
+    tex = tiny_texture()
+    stamps = [t0_ns + i * period_ns for i in range(len(s_values))]
+    T_world_cam = [pose_at(float(s)) for s in s_values]
+    T_map_base = np.stack([T @ invert_T(T_base_cam) for T in T_world_cam])
+    odom_stamps = np.arange(stamps[0], stamps[-1] + 1, period_ns // 2, dtype=np.int64)
+    T_mb_odom, _ = interpolate_poses(np.array(stamps, dtype=np.int64), T_map_base, odom_stamps)
+    T_odom_base = np.stack([invert_T(drift) @ T for T in T_mb_odom])
+    w = SequenceBagWriter(path, TINY_CAMERA, mount, storage=storage, compressed=compressed)
+    try:
+        w.set_odometry(odom_stamps, T_odom_base, np.broadcast_to(drift, T_odom_base.shape))
+        for stamp, s, Tmb in zip(stamps, s_values, T_map_base, strict=True):
+            w.write_frame(stamp, image_at(float(s), tex), Tmb)
+        w.close()
+    except BaseException:
+        w.abort()
+        raise
+    return Path(path), stamps, T_world_cam
