@@ -174,3 +174,32 @@ def test_config_rejects_unknown_keys():
         FilterConfig.from_dict({"alpha_maxx": 3})
     with pytest.raises(ValueError, match="fallback"):
         FilterConfig.from_dict({"fallback": "maybe"})
+
+
+def test_valid_metric_pose_is_not_shadowed_by_agreeing_wrong_rays():
+    # Two direction-only references agree with each other on a WRONG query (consistent outliers);
+    # a single correct metric estimate must still win: the ray pair has 2 < min_inliers (3) votes.
+    rng = np.random.default_rng(9)
+    T_q, refs = _scene(rng, 3)
+    T_fake = T_q.copy()
+    T_fake[:3, 3] += np.array([2.0, 0.0, 0.0])
+    ests = [
+        _estimate(T_q, refs[0], "metric"),
+        _estimate(T_fake, refs[1], "checked"),
+        _estimate(T_fake, refs[2], "checked"),
+    ]
+    res = filter_hypotheses(_obs(ests, refs), refs[0])
+    assert not res.fallback and res.metric
+    assert pose_errors(res.T_world_cam, T_q)[0] < 1e-9
+    assert res.inlier_mask.tolist() == [True, False, False]
+
+
+def test_metric_inliers_by_distance():
+    rng = np.random.default_rng(10)
+    T_q, refs = _scene(rng, 3)
+    T_off = T_q.copy()
+    T_off[:3, 3] += np.array([0.0, 0.5, 0.0])  # 0.5 m off: outside metric_inlier_m
+    ests = [_estimate(T_q, refs[0], "metric"), _estimate(T_q, refs[1], "metric"), _estimate(T_off, refs[2], "metric")]
+    res = filter_hypotheses(_obs(ests, refs), refs[0], FilterConfig(metric_inlier_m=0.2))
+    assert res.inlier_mask.tolist() == [True, True, False]
+    assert pose_errors(res.T_world_cam, T_q)[0] < 1e-9

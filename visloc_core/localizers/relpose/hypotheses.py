@@ -17,15 +17,18 @@ Algorithm (as the paper, which follows Laskar et al. and Zhou et al.):
    hypothesised direction ``c_hyp - c_k`` is below ``alpha_max_deg`` (the paper's consistency
    measure; sign-free when the sign of t is unknown). Our optional addition: ``rot_max_deg`` also
    requires its closest rotation candidate to agree with the hypothesis rotation.
-3. The hypothesis with most inliers wins (ties: smaller summed angular residual). With fewer than
-   ``min_inliers`` inliers the pose of the top retrieved keyframe is returned (``fallback``).
+3. The hypothesis with most inliers wins (ties: smaller summed angular residual), among those with
+   at least ``min_inliers`` inliers; if none has, the pose of the top retrieved keyframe is
+   returned (``fallback``).
 4. Refinement on the inliers: the centre is the least-squares intersection of all inlier rays
    (:func:`visloc_core.geometry.triangulate_point_from_rays`), the rotation the chordal mean of the
    inliers' absolute rotations (:func:`visloc_core.geometry.average_rotations`).
 
 Metric estimates (PnP against map depth) fix the full query pose from one reference; each one is
-also a hypothesis, scored by the same ray-angle test, and when the winner has metric inliers the
-refined centre is the weighted mean of their centres (``min_inliers_metric`` applies).
+also a hypothesis. A metric estimate is an inlier when its own centre is within
+``metric_inlier_m`` of the hypothesis (direction-only estimates keep the angle test); hypotheses
+with metric inliers need ``min_inliers_metric`` inliers, and their refined centre is the weighted
+mean of the metric inliers' centres (the localizer then re-solves one joint PnP over them).
 
 Covariance (6x6, order x, y, z, rotation about world X, Y, Z, as LocalizationResult):
 
@@ -70,7 +73,8 @@ class FilterConfig:
     alpha_max_deg: float = 10.0  # inlier threshold on the ray-direction angle (paper's alpha_max)
     rot_max_deg: float | None = None  # our addition: also require rotation agreement (None = paper, off)
     min_inliers: int = 3  # fewer inliers of the best direction-only hypothesis -> fallback to top-1 pose
-    min_inliers_metric: int = 1  # same for hypotheses from metric (PnP) estimates
+    min_inliers_metric: int = 1  # same for hypotheses supported by metric (PnP) estimates
+    metric_inlier_m: float = 0.25  # our addition: a metric estimate agrees when its centre is this close
     fallback: str = "top1"  # "top1": pose of the top retrieved keyframe (paper); "reject": not localized
     min_angle_sigma_deg: float = 0.5  # floor of the ray-angle standard deviation in the covariance
     min_rotation_sigma_deg: float = 0.5  # floor of the rotation standard deviation
@@ -186,7 +190,11 @@ def _score(obs: list[Observation], R_world_q: np.ndarray, c_q: np.ndarray, cfg: 
     for k, o in enumerate(obs):
         rots[k], rot_err = _closest_rotation(o, R_world_q)
         res[k] = _angle_deg(o.direction, c_q - o.center, o.sign_known)
-        mask[k] = res[k] <= cfg.alpha_max_deg and (cfg.rot_max_deg is None or rot_err <= cfg.rot_max_deg)
+        if o.metric:  # a full pose: compare positions (an angle test would depend on the baseline)
+            agree = float(np.linalg.norm(o.metric_center - c_q)) <= cfg.metric_inlier_m
+        else:
+            agree = res[k] <= cfg.alpha_max_deg
+        mask[k] = agree and (cfg.rot_max_deg is None or rot_err <= cfg.rot_max_deg)
     return mask, res, rots
 
 
@@ -293,20 +301,27 @@ def filter_hypotheses(
     if not hypotheses:
         return _fallback(observations, T_world_top, cfg, f"no hypothesis from {len(obs)} valid references", 0)
 
-    best = None
+    best, most = None, 0
     for key, R, c, is_metric in hypotheses:
         mask, res, _ = _score(obs, R, c, cfg)
+        n_in = int(mask.sum())
+        most = max(most, n_in)
+        # A hypothesis counts when it has enough inliers for its kind: metric-supported ones need
+        # min_inliers_metric, direction-only ones min_inliers (chosen among valid ones only, so a
+        # pair of agreeing rays cannot shadow a valid metric pose with fewer votes).
+        supported = any(o.metric for o, m in zip(obs, mask) if m)
+        if n_in < (cfg.min_inliers_metric if supported else cfg.min_inliers):
+            continue
         # ties: metric hypotheses first (full pose measured), then the smaller angular residual
-        score = (int(mask.sum()), is_metric, -float(res[mask].sum()))
+        score = (n_in, is_metric, -float(res[mask].sum()))
         if best is None or score > best[0]:
             best = (score, key, mask, is_metric)
-    (n_in, _, _), key, mask, _ = best
+    if best is None:
+        reason = f"no hypothesis has enough agreeing references (best: {most}; need {cfg.min_inliers}, or {cfg.min_inliers_metric} with a metric one)"
+        return _fallback(observations, T_world_top, cfg, reason, len(hypotheses))
+    _, key, mask, _ = best
     inl = [o for o, m in zip(obs, mask) if m]
     metric = any(o.metric for o in inl)
-    needed = cfg.min_inliers_metric if metric else cfg.min_inliers
-    if n_in < needed:
-        reason = f"best hypothesis has {n_in} inlier references (< {needed})"
-        return _fallback(observations, T_world_top, cfg, reason, len(hypotheses))
     if metric:  # metric centres are the measurement; direction-only inliers vote but do not move them
         inl = [o for o in inl if o.metric]
     # Refine on the inliers; rotation candidates chosen against the winning hypothesis.
