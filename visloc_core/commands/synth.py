@@ -50,6 +50,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="at most N frames per sequence (same paths, sampled more sparsely; for quick runs)",
     )
+    parser.add_argument(
+        "--png-level",
+        type=int,
+        default=0,
+        choices=range(10),
+        metavar="0-9",
+        help="deflate level of the RGB PNGs (default 0 = uncompressed: fastest, ~1.5x the disk of level 1; "
+        "lossless at every level)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing DATASET and bags")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -70,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         preview=args.preview,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        png_level=args.png_level,
     )
     print(f"wrote {out}" + (f" and bags under {args.bag}" if args.bag else ""))
     return 0
