@@ -164,12 +164,16 @@ def print_summary(report: dict, out: Path) -> None:
         )
     cal = report.get("calibration")
     if cal:
+        parts = []
+        for block in ("translation", "rotation"):
+            b = cal[block]
+            parts.append(
+                f"{block} NEES mean {b['mean_nees']:.2f} / median {b['median_nees']:.2f}, "
+                f"{100 * b['fraction_within']['95%']:.0f}% within the 95% bound ({b['verdict']})"
+            )
         console.print(
-            "covariance calibration (NEES, chi2 3 dof expects mean 3, 95% within): "
-            f"translation mean {cal['translation']['mean_nees']:.2f}, "
-            f"{100 * cal['translation']['fraction_within']['95%']:.0f}% ({cal['translation']['verdict']}); "
-            f"rotation mean {cal['rotation']['mean_nees']:.2f}, "
-            f"{100 * cal['rotation']['fraction_within']['95%']:.0f}% ({cal['rotation']['verdict']})"
+            f"covariance calibration on {cal['n_frames']} frames (chi-square 3 dof: mean 3, median 2.37, 95% within): "
+            + "; ".join(parts)
         )
     console.print(f"report: {out / 'report.json'}  frames: {out / 'frames.csv'}")
 

@@ -131,7 +131,7 @@ def _cdf(ax: plt.Axes, values: np.ndarray, label: str, x_max: float, **kw) -> No
 def error_cdf_png(outcomes: Sequence[FrameOutcome]) -> bytes:
     t_err, r_err = frame_errors(outcomes)
     conditions = sorted({o.condition for o in outcomes})
-    fig, (ax_t, ax_r) = plt.subplots(1, 2, figsize=(11, 4.4))
+    fig, (ax_t, ax_r) = plt.subplots(1, 2, figsize=(11, 5.0))
     groups = [("all", np.ones(len(outcomes), bool))] if len(conditions) > 1 else []
     groups += [(c, np.array([o.condition == c for o in outcomes])) for c in conditions]
     limits = {}
@@ -160,8 +160,10 @@ def error_cdf_png(outcomes: Sequence[FrameOutcome]) -> bytes:
         ax.set_ylabel("fraction of frames with error <= x")
         ax.set_title(title, pad=14)
         ax.grid(True, which="both", lw=0.3, alpha=0.5)
-        ax.legend(loc="upper left", fontsize=8)
+    # One legend under both plots: inside, it would hide the steep part of the curves.
+    handles, labels = ax_t.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=9, frameon=False)
     n_miss = int(np.sum(~np.isfinite(t_err)))
-    fig.suptitle(f"Error CDF ({len(outcomes)} frames, {n_miss} not localized or rejected count as misses)")
-    fig.tight_layout()
+    fig.suptitle(f"Error CDF: {len(outcomes)} frames; {n_miss} not localized or rejected (counted as misses)")
+    fig.tight_layout(rect=(0, 0.06 + 0.045 * ((len(labels) - 1) // 4), 1, 1))
     return _png(fig)
