@@ -183,3 +183,25 @@ def test_eval_interrupted_keeps_a_partial_report(setup, monkeypatch) -> None:
     rep = json.loads((out / "report.json").read_text())
     assert rep["partial"] is True and rep["n_frames"] == 3 and rep["meta"]["n_frames_selected"] == 19
     assert len(read_frames_csv(out / "frames.csv")) == 3
+
+
+def test_eval_error_mid_run_keeps_a_partial_report(setup, monkeypatch, capsys) -> None:
+    """An unreadable image at the 3rd frame: the 2 frames done are written (partial, with the error),
+    and the command fails with a clear message."""
+    import visloc_core.data.layout as layout
+
+    real_load_rgb = layout.Dataset.load_rgb
+    calls = {"n": 0}
+
+    def load_rgb(self, frame):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise layout.DatasetError(f"cannot read image {frame.key}")
+        return real_load_rgb(self, frame)
+
+    monkeypatch.setattr(layout.Dataset, "load_rgb", load_rgb)
+    out = setup["root"] / "err"
+    assert visloc_main(["eval", str(setup["art"]), "--data", str(setup["data"]), "--out", str(out), "--no-plots"]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["partial"] is True and rep["n_frames"] == 2 and "cannot read image" in rep["meta"]["error"]

@@ -6,7 +6,8 @@ relocalization; ``reset()`` is called at the start of each sequence). The latenc
 wall time of that call (image decoding excluded). Writes REPORT_DIR/report.json, frames.csv,
 trajectory.png and error_cdf.png (evaluation/report.py documents them) and prints a summary.
 
-Ctrl-C stops early and still writes the report of the frames done so far, with ``"partial": true``.
+Ctrl-C stops early and still writes the report of the frames done so far, with ``"partial": true``;
+so does an error at a frame (recorded in ``meta.error``), before the error is raised.
 """
 
 from __future__ import annotations
@@ -230,6 +231,14 @@ def run(args: argparse.Namespace) -> int:
         partial = True
         bar.close()
         print(f"\ninterrupted after {len(outcomes)}/{len(frames)} frames; writing a partial report", file=sys.stderr)
+    except Exception as err:
+        # A failing frame (localizer bug, unreadable image) must not cost the frames already scored.
+        bar.close()
+        if outcomes:
+            meta["error"] = f"{type(err).__name__}: {err} (at frame {len(outcomes) + 1} of {len(frames)})"
+            write_report(outcomes, out, meta=meta, partial=True, plots=not args.no_plots)
+            log.error("stopped by an error; partial report of %d frames written to %s", len(outcomes), out)
+        raise
     finally:
         bar.close()
     meta["finished_unix"] = time.time()
