@@ -136,3 +136,22 @@ def test_sift_baseline_map(room, tmp_path):
     results = _evaluate(loc, room)
     assert all(r[1].status == Status.LOCALIZED for r in results)  # fallback counts as a pose (paper)
     assert all(np.isfinite(r[2]) for r in results)
+
+
+def test_vlad_retrieval_shares_query_features(room, tmp_path):
+    # xfeat_vlad aggregates the same XFeat features the estimator matches: they are extracted once,
+    # and the result is identical to extracting them twice.
+    cfg = load_config(CFG)
+    cfg["image_size"] = None
+    cfg["descriptor"] = {"name": "xfeat_vlad", "clusters": 16, "top_k": 1024, "detection_threshold": 0.05}
+    loc = load_localizer(build_map(cfg, room, tmp_path / "vlad", progress=False))
+    assert loc.shared_features
+    ds = Dataset(room)
+    fr = ds.frames("test")[1]
+    img = ds.load_rgb(fr)
+    shared = loc.localize(img, fr.camera, fr.stamp_ns)
+    loc.shared_features = False
+    twice = loc.localize(img, fr.camera, fr.stamp_ns)
+    assert shared.reference_ids == twice.reference_ids
+    np.testing.assert_allclose(shared.T_world_cam, twice.T_world_cam, atol=1e-9)
+    assert shared.stage_seconds["features"] > 0

@@ -116,12 +116,17 @@ class _FeatureEstimator(RelPoseEstimator):
             kf.cache[f"{self.name}_depth"] = sample_depth(depth, f.keypoints_N2)
 
     def keyframe_features(self, kf: Keyframe) -> LocalFeatures:
+        memo = kf.cache.get(f"_{self.name}_features")  # float32 copy made on first use, not saved
+        if memo is not None:
+            return memo
         if f"{self.name}_keypoints" not in kf.cache:
             raise KeyError(
                 f"keyframe {kf.key} has no cached {self.name} features; rebuild the map with `visloc map build` "
                 f"using estimator '{self.name}'"
             )
-        return LocalFeatures.from_npz_dict(kf.cache, prefix=f"{self.name}_")
+        f = LocalFeatures.from_npz_dict(kf.cache, prefix=f"{self.name}_")
+        kf.cache[f"_{self.name}_features"] = f
+        return f
 
     # -- query time
     def estimate(
@@ -130,10 +135,14 @@ class _FeatureEstimator(RelPoseEstimator):
         query_camera: PinholeCamera,
         refs: list[Keyframe],
         query_semantic_HW: np.ndarray | None = None,
+        query_features: LocalFeatures | None = None,
     ) -> list[RelPoseEstimate]:
+        """As RelPoseEstimator.estimate; ``query_features`` (our extension) reuses features the caller
+        already extracted with :meth:`extract` (the localizer does when retrieval aggregates the same
+        XFeat features), so they are not computed twice."""
         t0 = time.perf_counter()
-        fq = self.extract(query_rgb_HW3)
-        t_feat = time.perf_counter() - t0
+        fq = query_features if query_features is not None else self.extract(query_rgb_HW3)
+        t_feat = 0.0 if query_features is not None else time.perf_counter() - t0
         out = []
         for i, kf in enumerate(refs):
             est = self._estimate_one(fq, query_camera, kf)

@@ -73,6 +73,13 @@ class RelposeLocalizer(Localizer):
             est_cfg["checkpoint"] = str(self.artifact_dir / ckpt)  # copied into the artifact by map build
         self.estimator = build_estimator(est_cfg, device)
         self.method = f"relpose/{self.estimator.name}"
+        # Retrieval by VLAD of the same XFeat features the estimator matches: extract them once.
+        self.shared_features = (
+            self.descriptor.name == "xfeat_vlad"
+            and self.estimator.name == "xfeat"
+            and int(self.descriptor.cfg["top_k"]) == self.estimator.cfg.top_k
+            and float(self.descriptor.cfg["detection_threshold"]) == self.estimator.cfg.detection_threshold
+        )
         log.info("relpose map %s: %d keyframes, %s", self.artifact_dir, len(self.keyframes), self.method)
 
     def _prepare(self, image_rgb_HW3: np.ndarray, camera: PinholeCamera) -> tuple[np.ndarray, PinholeCamera]:
@@ -89,10 +96,12 @@ class RelposeLocalizer(Localizer):
             camera = camera.resized(*self.image_size)
         return img, camera
 
-    def retrieve(self, image_rgb_HW3: np.ndarray, prior: np.ndarray | None = None) -> tuple[list[int], np.ndarray]:
+    def retrieve(
+        self, image_rgb_HW3: np.ndarray, prior: np.ndarray | None = None, global_descriptor: np.ndarray | None = None
+    ) -> tuple[list[int], np.ndarray]:
         """Selected keyframe indices (spacing rule) and the similarity of each, for a prepared image."""
         rc = self.retrieval_cfg
-        q = self.descriptor.describe(image_rgb_HW3)
+        q = self.descriptor.describe(image_rgb_HW3) if global_descriptor is None else global_descriptor
         allowed = None
         if prior is not None and rc.prior_radius_m is not None:
             p = np.asarray(prior, float)
@@ -143,13 +152,19 @@ class RelposeLocalizer(Localizer):
             query_semantic_HW = cv2.resize(
                 np.asarray(query_semantic_HW), self.image_size, interpolation=cv2.INTER_NEAREST
             )
-        chosen, sims = self.retrieve(img, prior)
-        t_retr = time.perf_counter() - t_start
-        stages = {"retrieval": t_retr, "features": 0.0, "matching": 0.0, "geometry": 0.0, "filtering": 0.0}
+        t_feat, kw, gdesc = 0.0, {}, None
+        if self.shared_features:
+            t0 = time.perf_counter()
+            kw["query_features"] = self.estimator.extract(img)
+            t_feat = time.perf_counter() - t0
+            gdesc = self.descriptor.aggregate(kw["query_features"].descriptors_ND)
+        chosen, sims = self.retrieve(img, prior, gdesc)
+        t_retr = time.perf_counter() - t_start - t_feat
+        stages = {"retrieval": t_retr, "features": t_feat, "matching": 0.0, "geometry": 0.0, "filtering": 0.0}
         if not chosen:
             return LocalizationResult.not_localized(self.method, "empty map", stage_seconds=stages)
         refs = [self.keyframes[i] for i in chosen]
-        ests = self.estimator.estimate(img, cam, refs, query_semantic_HW)
+        ests = self.estimator.estimate(img, cam, refs, query_semantic_HW, **kw)
         for e in ests:
             for k, v in e.stage_seconds.items():
                 stages[k] = stages.get(k, 0.0) + float(v)

@@ -221,6 +221,8 @@ def build_map(
             kf = keyframes[i]
             estimator.prepare_keyframe(kf, img)
             for k, v in kf.cache.items():
+                if k.startswith("_"):  # run-time memos, not map content
+                    continue
                 arr = np.asarray(v)
                 if arr.dtype == object:
                     raise TypeError(f"estimator cache entry {k!r} is not a numeric array; store arrays only")
