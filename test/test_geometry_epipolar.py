@@ -209,3 +209,19 @@ def test_triangulate_dlt_noisy_matches_opencv() -> None:
     X_cv = cv2.triangulatePoints(P_a, P_b, uv_a.T.copy(), uv_b.T.copy())
     np.testing.assert_allclose(X, (X_cv[:3] / X_cv[3]).T, rtol=1e-5, atol=1e-5)
     assert np.median(np.linalg.norm(X - X_world, axis=1)) < 0.5
+
+
+@SETTINGS
+@given(st.integers(0, 2**31 - 1), st.integers(2, 8))
+def test_rays_through_a_random_point_meet_there(seed: int, n: int) -> None:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=3) * 5
+    centers = X + rng.normal(size=(n, 3)) * 3  # cameras around the point, rays from each towards it
+    dirs = (X - centers) * rng.choice([-1.0, 1.0], size=(n, 1))  # a ray is a line: its sign is irrelevant
+    d = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+    if np.linalg.svd(d, compute_uv=False)[1] < 1e-3:
+        return  # (nearly) parallel rays: covered by test_parallel_rays_raise
+    np.testing.assert_allclose(triangulate_point_from_rays(centers, dirs), X, atol=1e-6)
+    # Moving the centres along their own rays changes nothing.
+    shifted = centers + d * rng.normal(size=(n, 1))
+    np.testing.assert_allclose(triangulate_point_from_rays(shifted, dirs), X, atol=1e-6)
