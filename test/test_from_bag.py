@@ -361,22 +361,26 @@ def test_malformed_messages_are_counted_not_fatal(tmp_path):
     assert summ.malformed["/tf: non-finite pose"] == 1 and summ.n_frames == N
 
 
-def test_interrupted_run_leaves_no_dataset(tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["reader", "writer thread"])
+def test_interrupted_run_leaves_no_dataset(tmp_path, monkeypatch, where):
     write_robot_bag(tmp_path / "bag", "sqlite3")
     calls = {"n": 0}
-    real = bag_read.encode_png
+    name = "_image_frame" if where == "reader" else "encode_png"
+    real = getattr(bag_read, name)
 
-    def failing(px, level=0):
+    def failing(*args, **kw):
         calls["n"] += 1
         if calls["n"] == 4:
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C half-way
-        return real(px, level)
+        return real(*args, **kw)
 
-    monkeypatch.setattr(bag_read, "encode_png", failing)
+    monkeypatch.setattr(bag_read, name, failing)
     out = tmp_path / "out" / "ds"
     with pytest.raises(KeyboardInterrupt):
         dataset_from_bag(tmp_path / "bag", out, opts(pose_tf=("map", "base_link")), progress=False)
-    assert calls["n"] == 4
+    assert calls["n"] >= 4
+    if where == "reader":
+        assert calls["n"] == 4  # the reading stopped there
     assert not out.exists()
     assert list((tmp_path / "out").iterdir()) == []  # no half-written temporary folder either
 

@@ -8,6 +8,7 @@ to visloc's (w, x, y, z). Stamps are int nanoseconds.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -157,30 +158,6 @@ def camera_from_info(msg) -> PinholeCamera:
     return PinholeCamera.from_K(K, w, h, d)
 
 
-def T_from_ros_pose(pose) -> np.ndarray:
-    """geometry_msgs/Pose (position, orientation x y z w) -> 4x4 T_parent_child."""
-    p = np.array([pose.position.x, pose.position.y, pose.position.z], dtype=np.float64)
-    q = np.array([pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w], dtype=np.float64)
-    return _T_checked(p, q)
-
-
-def T_from_ros_transform(tr) -> np.ndarray:
-    """geometry_msgs/Transform (translation, rotation x y z w) -> 4x4 T_parent_child."""
-    p = np.array([tr.translation.x, tr.translation.y, tr.translation.z], dtype=np.float64)
-    q = np.array([tr.rotation.x, tr.rotation.y, tr.rotation.z, tr.rotation.w], dtype=np.float64)
-    return _T_checked(p, q)
-
-
-def _T_checked(p: np.ndarray, q_xyzw: np.ndarray) -> np.ndarray:
-    if not (np.all(np.isfinite(p)) and np.all(np.isfinite(q_xyzw))):
-        raise MalformedMessageError("non-finite pose")
-    n = float(np.linalg.norm(q_xyzw))
-    # ROS requires unit quaternions; a small drift is normalised, anything else is a broken message.
-    if abs(n - 1.0) > 1e-3:
-        raise MalformedMessageError("non-unit quaternion", f"|q| = {n:.6g}")
-    return T_from_position_quat_wxyz(p, quat_xyzw_to_wxyz(q_xyzw))
-
-
 POSE_TYPES = (
     "geometry_msgs/msg/PoseStamped",
     "geometry_msgs/msg/PoseWithCovarianceStamped",
@@ -191,22 +168,50 @@ POSE_TYPES = (
 
 @dataclass
 class PoseSample:
+    """One pose message, not yet turned into a matrix (so that many convert in one numpy call)."""
+
     stamp_ns: int
     parent: str  # header.frame_id
     child: str  # child_frame_id ('' when the message type does not carry one)
-    T_parent_child: np.ndarray
+    position: tuple[float, float, float]
+    q_xyzw: tuple[float, float, float, float]  # ROS order, checked finite and unit (+-1e-3)
+
+    @property
+    def T_parent_child(self) -> np.ndarray:
+        return T_from_position_quat_wxyz(np.array(self.position), quat_xyzw_to_wxyz(np.array(self.q_xyzw)))
+
+
+def _checked_fields(position, orientation) -> tuple[tuple[float, float, float], tuple[float, float, float, float]]:
+    # Plain floats and math: this runs once per message, numpy per-call overhead would dominate.
+    p = (float(position.x), float(position.y), float(position.z))
+    q = (float(orientation.x), float(orientation.y), float(orientation.z), float(orientation.w))
+    if not all(math.isfinite(v) for v in p + q):
+        raise MalformedMessageError("non-finite pose")
+    n = math.sqrt(sum(v * v for v in q))
+    if abs(n - 1.0) > 1e-3:
+        raise MalformedMessageError("non-unit quaternion", f"|q| = {n:.6g}")
+    return p, q
 
 
 def pose_from_msg(msg, msgtype: str) -> PoseSample:
     """One pose sample from PoseStamped, PoseWithCovarianceStamped, Odometry or TransformStamped."""
     if msgtype == "geometry_msgs/msg/PoseStamped":
-        T, child = T_from_ros_pose(msg.pose), ""
-    elif msgtype == "geometry_msgs/msg/PoseWithCovarianceStamped":
-        T, child = T_from_ros_pose(msg.pose.pose), ""
-    elif msgtype == "nav_msgs/msg/Odometry":
-        T, child = T_from_ros_pose(msg.pose.pose), str(msg.child_frame_id)
+        pose, child = msg.pose, ""
+    elif msgtype in ("geometry_msgs/msg/PoseWithCovarianceStamped", "nav_msgs/msg/Odometry"):
+        pose, child = msg.pose.pose, str(getattr(msg, "child_frame_id", ""))
     elif msgtype == "geometry_msgs/msg/TransformStamped":
-        T, child = T_from_ros_transform(msg.transform), str(msg.child_frame_id)
+        p, q = _checked_fields(msg.transform.translation, msg.transform.rotation)
+        return PoseSample(
+            stamp_ns(msg.header), str(msg.header.frame_id).lstrip("/"), str(msg.child_frame_id).lstrip("/"), p, q
+        )
     else:
         raise ValueError(f"pose topic type {msgtype!r} is not supported; use one of {', '.join(POSE_TYPES)}")
-    return PoseSample(stamp_ns(msg.header), str(msg.header.frame_id).lstrip("/"), child.lstrip("/"), T)
+    p, q = _checked_fields(pose.position, pose.orientation)
+    return PoseSample(stamp_ns(msg.header), str(msg.header.frame_id).lstrip("/"), child.lstrip("/"), p, q)
+
+
+def T_from_samples(samples: list[PoseSample]) -> np.ndarray:
+    """(N, 4, 4) T_parent_child of many samples in one vectorised conversion."""
+    P = np.array([s.position for s in samples], dtype=np.float64).reshape(-1, 3)
+    Q = np.array([s.q_xyzw for s in samples], dtype=np.float64).reshape(-1, 4)
+    return T_from_position_quat_wxyz(P, quat_xyzw_to_wxyz(Q))

@@ -33,7 +33,9 @@ intrinsics, unresolvable extrinsic) stop the run. The output is written atomical
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +51,7 @@ from .messages import (
     POSE_TYPES,
     MalformedMessageError,
     PoseSample,
-    T_from_ros_transform,
+    T_from_samples,
     camera_from_info,
     compressed_image,
     depth_metres,
@@ -65,6 +67,7 @@ IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 TF_TYPE = "tf2_msgs/msg/TFMessage"
+WRITER_THREADS = 2  # PNG encoding + file writing threads (beside the reading thread)
 
 
 class BagError(ValueError):
@@ -192,10 +195,9 @@ class _PoseSeries:
     """Poses of one topic: sorted, duplicate stamps dropped (last wins), interpolated on demand."""
 
     def __init__(self, samples: list[PoseSample]) -> None:
-        samples = sorted(samples, key=lambda s: s.stamp_ns)
-        by_stamp: dict[int, PoseSample] = {s.stamp_ns: s for s in samples}
+        by_stamp: dict[int, PoseSample] = {s.stamp_ns: s for s in samples}  # the last of equal stamps wins
         self.stamps = np.array(sorted(by_stamp), dtype=np.int64)
-        self.T = np.array([by_stamp[int(t)].T_parent_child for t in self.stamps]).reshape(-1, 4, 4)
+        self.T = T_from_samples([by_stamp[int(t)] for t in self.stamps])
 
     def at(self, stamps_ns: np.ndarray, max_gap_ns: int) -> tuple[np.ndarray, np.ndarray]:
         return interpolate_poses(self.stamps, self.T, stamps_ns, max_gap_ns)
@@ -290,13 +292,8 @@ def dataset_from_bag(
                     static = conn.topic == o.tf_static_topic
                     for tr in msg.transforms:
                         try:
-                            graph.add(
-                                str(tr.header.frame_id),
-                                str(tr.child_frame_id),
-                                T_from_ros_transform(tr.transform),
-                                stamp_ns(tr.header),
-                                static,
-                            )
+                            sample = pose_from_msg(tr, "geometry_msgs/msg/TransformStamped")
+                            graph.add(sample.parent, sample.child, sample, sample.stamp_ns, static)
                         except MalformedMessageError as err:
                             summary.malformed[f"{conn.topic}: {err.reason}"] += 1
                         except ValueError as err:
@@ -370,34 +367,50 @@ def dataset_from_bag(
             return resolved["fn"](stamps)
 
         writer = DatasetWriter(out, source=source, overwrite=overwrite)
+        # Encoding and writing run on worker threads (numpy copies, zlib, crc32 and file writes
+        # release the GIL), overlapping with reading and deserializing the next messages in this
+        # thread. PNGs are encoded in parallel; writer.add_frame is called under a lock so the
+        # DatasetWriter is never used concurrently. At most `max_inflight` frames wait in memory.
+        pool = ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="from-bag-writer")
+        add_lock = threading.Lock()
+        inflight: deque = deque()
+        max_inflight = 4 * WRITER_THREADS
         with writer:
             writer.set_scene(scene)
             writer.set_sequence(scene, o.sequence, condition=o.condition)
             writer.set_split(o.split, [f"{scene}/{o.sequence}"])
             pending: deque = deque()  # images waiting for their depth: (bag_t, stamp, frame dict)
             depths: deque = deque()  # recent depth images: (bag_t, stamp, depth_m)
-            written_stamps: set[int] = set()
+            batch: list[tuple[int, dict]] = []  # decoded frames waiting for their pose: (bag_t, frame)
+            seen_stamps: set[int] = set()
             n_total = sum(c.msgcount for c in img_conns)
             img_ids = {c.id for c in img_conns}
             bar = tqdm(total=n_total, unit="img", desc="from-bag", disable=not progress)
             index = -1
             window_ns = max(depth_dt_ns, 1_000_000_000)  # bag-time window to wait for a matching depth
 
+            def write_job(frame: dict, depth_m: np.ndarray | None) -> None:
+                data = frame["bytes"] if frame["pixels"] is None else encode_png(frame["pixels"], o.png_level)
+                with add_lock:
+                    writer.add_frame(
+                        scene,
+                        o.sequence,
+                        frame["name"],
+                        frame["stamp"],
+                        frame["T_world_cam"],
+                        frame["camera"],
+                        rgb_encoded=data,
+                        rgb_ext=frame["ext"],
+                        depth_m_HW=depth_m,
+                    )
+
             def emit(frame: dict, depth_m: np.ndarray | None) -> None:
                 if depth_m is not None and depth_m.shape != (frame["camera"].height, frame["camera"].width):
                     summary.malformed[f"{o.depth_topic}: size differs from the colour image"] += 1
                     depth_m = None
-                writer.add_frame(
-                    scene,
-                    o.sequence,
-                    frame["name"],
-                    frame["stamp"],
-                    frame["T_world_cam"],
-                    frame["camera"],
-                    rgb_encoded=frame["bytes"],
-                    rgb_ext=frame["ext"],
-                    depth_m_HW=depth_m,
-                )
+                while len(inflight) >= max_inflight:
+                    inflight.popleft().result()  # re-raises a failure of the worker here
+                inflight.append(pool.submit(write_job, frame, depth_m))
                 summary.n_frames += 1
                 summary.n_with_depth += depth_m is not None
 
@@ -410,42 +423,57 @@ def dataset_from_bag(
                 while depths and now_bag_t is not None and now_bag_t - depths[0][0] > window_ns:
                     depths.popleft()
 
-            for conn, bag_t, raw in reader.messages(connections=img_conns + depth_conns):
-                if conn.id in img_ids:
-                    index += 1
-                    bar.update(1)
-                    summary.n_image_messages += 1
-                    summary.image_bytes += len(raw)
-                    if index % o.stride:
-                        summary.skipped[f"--stride {o.stride}"] += 1
+            def process_batch() -> None:
+                # Poses of a batch of frames in one vectorised interpolation (one call per frame
+                # would cost more than reading the image).
+                if not batch:
+                    return
+                stamps = np.array([fr["stamp"] for _, fr in batch], dtype=np.int64)
+                T_wb, ok_wb = world_body(stamps)
+                T_bc, ok_bc = body_cam(batch[0][1]["frame_id"], stamps)
+                for k, (bag_t, fr) in enumerate(batch):
+                    if not ok_wb[k]:
+                        summary.skipped[pose_skip_reason(fr["stamp"])] += 1
                         continue
-                    frame = _image_frame(reader, conn, raw, index, o, cams, cam_stamps, summary)
-                    if frame is None:
-                        continue
-                    if frame["stamp"] in written_stamps:
-                        summary.skipped["duplicate image stamp"] += 1
-                        continue
-                    stamps = np.array([frame["stamp"]], dtype=np.int64)
-                    T_wb, ok_wb = world_body(stamps)
-                    if not ok_wb[0]:
-                        summary.skipped[pose_skip_reason(frame["stamp"])] += 1
-                        continue
-                    T_bc, ok_bc = body_cam(frame["frame_id"], stamps)
-                    if not ok_bc[0]:
+                    if not ok_bc[k]:
                         summary.skipped["no camera extrinsic (TF) within --max-gap of the stamp"] += 1
                         continue
-                    frame["T_world_cam"] = T_wb[0] @ T_bc[0]
-                    written_stamps.add(frame["stamp"])
+                    fr["T_world_cam"] = T_wb[k] @ T_bc[k]
                     if not depth_conns:
-                        emit(frame, None)
+                        emit(fr, None)
                         continue
-                    match = _nearest(depths, frame["stamp"], depth_dt_ns)
+                    match = _nearest(depths, fr["stamp"], depth_dt_ns)
                     if match is not None:
-                        emit(frame, match)
+                        emit(fr, match)
                     else:
-                        pending.append((bag_t, frame["stamp"], frame))
+                        pending.append((bag_t, fr["stamp"], fr))
                     flush(bag_t)
-                else:
+                batch.clear()
+
+            try:
+                for conn, bag_t, raw in reader.messages(connections=img_conns + depth_conns):
+                    if conn.id in img_ids:
+                        index += 1
+                        bar.update(1)
+                        summary.n_image_messages += 1
+                        summary.image_bytes += len(raw)
+                        if index % o.stride:
+                            summary.skipped[f"--stride {o.stride}"] += 1
+                            continue
+                        frame = _image_frame(reader, conn, raw, index, o, cams, cam_stamps, summary)
+                        if frame is None:
+                            continue
+                        if frame["stamp"] in seen_stamps:
+                            summary.skipped["duplicate image stamp"] += 1
+                            continue
+                        seen_stamps.add(frame["stamp"])
+                        if batch and frame["frame_id"] != batch[0][1]["frame_id"]:
+                            process_batch()  # one extrinsic per batch
+                        batch.append((bag_t, frame))
+                        if len(batch) >= 32:
+                            process_batch()
+                        continue
+                    process_batch()  # depth pairing sees every earlier image
                     try:
                         dmsg = reader.deserialize(raw, conn.msgtype)
                         d = (bag_t, stamp_ns(dmsg.header), depth_metres(dmsg))
@@ -465,7 +493,13 @@ def dataset_from_bag(
                     else:
                         depths.append(d)
                     flush(bag_t)
-            flush(None)
+                process_batch()
+                flush(None)
+                while inflight:
+                    inflight.popleft().result()
+            finally:
+                # On any failure (or Ctrl-C) stop the worker before the writer removes its folder.
+                pool.shutdown(wait=True, cancel_futures=True)
             bar.close()
             if summary.n_without_depth:
                 summary.notes.append(
@@ -521,8 +555,9 @@ def _image_frame(reader, conn, raw, index, o, cams, cam_stamps, summary) -> dict
         if conn.msgtype == IMAGE_TYPE:
             px = raw_image_pixels(msg)
             w, h = px.shape[1], px.shape[0]
-            data, ext = encode_png(px, o.png_level), "png"
+            data, ext = b"", "png"  # encoded on the writer thread
         else:
+            px = None
             data, ext, w, h = compressed_image(msg)
     except MalformedMessageError as err:
         summary.skipped[f"malformed image: {err.reason}"] += 1
@@ -547,6 +582,7 @@ def _image_frame(reader, conn, raw, index, o, cams, cam_stamps, summary) -> dict
         "stamp": stamp,
         "camera": cam,
         "bytes": data,
+        "pixels": px,
         "ext": ext,
         "frame_id": frame_id,
     }

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...geometry import interpolate_poses, invert_T
+from .messages import PoseSample, T_from_samples
 
 
 class TFLookupError(ValueError):
@@ -28,7 +29,7 @@ class _Edge:
     static: bool
     T_static: np.ndarray | None = None
     stamps: list[int] = field(default_factory=list)
-    poses: list[np.ndarray] = field(default_factory=list)
+    poses: list = field(default_factory=list)  # 4x4 arrays or PoseSample (converted in one call)
     _stamps: np.ndarray | None = None
     _T_all: np.ndarray | None = None
 
@@ -38,7 +39,11 @@ class _Edge:
             return
         order = np.argsort(np.asarray(self.stamps, dtype=np.int64), kind="stable")
         s = np.asarray(self.stamps, dtype=np.int64)[order]
-        T = np.asarray(self.poses, dtype=np.float64).reshape(-1, 4, 4)[order]
+        if all(isinstance(p, PoseSample) for p in self.poses):
+            T_all = T_from_samples(self.poses)
+        else:
+            T_all = np.array([p.T_parent_child if isinstance(p, PoseSample) else p for p in self.poses])
+        T = np.asarray(T_all, dtype=np.float64).reshape(-1, 4, 4)[order]
         keep = np.ones(s.size, dtype=bool)
         keep[:-1] = s[1:] != s[:-1]  # the last of each run of equal stamps
         self._stamps, self._T_all = s[keep], T[keep]
@@ -63,21 +68,25 @@ class FrameGraph:
         # tf2 ignores a leading slash (ROS 1 style names)
         return frame.lstrip("/")
 
-    def add(self, parent: str, child: str, T_parent_child: np.ndarray, stamp_ns: int, static: bool) -> None:
-        """Add one transform. A child re-parented to another frame is an error (TF is a tree)."""
+    def add(
+        self, parent: str, child: str, T_parent_child: np.ndarray | PoseSample, stamp_ns: int, static: bool
+    ) -> None:
+        """Add one transform (a 4x4 array, or a PoseSample whose matrix is built later together with
+        the other samples of its edge). A child re-parented to another frame is an error (TF is a tree)."""
         parent, child = self._norm(parent), self._norm(child)
         if not parent or not child or parent == child:
             raise ValueError(f"invalid transform {parent!r} -> {child!r} (empty or self-referencing frame id)")
         e = self._edges.get(child)
         if e is not None and e.parent != parent:
             raise ValueError(f"frame {child!r} has two parents ({e.parent!r} and {parent!r}); TF must be a tree")
-        T = np.asarray(T_parent_child, dtype=np.float64)
+        T = T_parent_child
         if e is None or e.static != static:
             # A static transform replaces dynamic samples of the same edge and vice versa (last source wins).
             e = _Edge(parent, child, static)
             self._edges[child] = e
         if static:
-            e.T_static = T  # /tf_static is latched and may be re-sent; the last one counts
+            # /tf_static is latched and may be re-sent; the last one counts
+            e.T_static = T.T_parent_child if isinstance(T, PoseSample) else np.asarray(T, dtype=np.float64)
         else:
             e.stamps.append(int(stamp_ns))
             e.poses.append(T)
