@@ -131,6 +131,12 @@ def test_report_json_numbers_by_hand(tmp_path) -> None:
     assert normal["recall"]["0.25m_2deg"] == pytest.approx(2 / 5)
     assert night["n_frames"] == 2 and night["median_translation_m"] is None and night["median_rotation_deg"] is None
     assert night["median_translation_m_localized"] == pytest.approx(0.4)
+    # Scene x condition: A/normal = frames 0-3, B/normal = frame 6 (0.2 m), B/night = frames 4, 5.
+    sc = rep["per_scene_condition"]
+    assert set(sc) == {"A/normal", "B/normal", "B/night"}
+    assert sc["A/normal"]["n_frames"] == 4 and sc["A/normal"]["median_translation_m"] == pytest.approx(0.1)
+    assert sc["B/normal"]["n_frames"] == 1 and sc["B/normal"]["median_translation_m"] == pytest.approx(0.2)
+    assert sc["B/night"]["n_frames"] == 2 and sc["B/night"]["median_translation_m"] is None
     # The rejected estimate would have been 1 m / 10 deg off.
     assert rep["rejected"]["n_rejected"] == 1 and rep["rejected"]["n_with_estimate"] == 1
     assert rep["rejected"]["median_translation_m_if_accepted"] == pytest.approx(1.0)

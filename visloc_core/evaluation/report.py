@@ -11,8 +11,9 @@ disk always belongs to complete companion files):
     when half the frames or more are missing and a mean is infinite when any is; ``*_localized``
     variants over the LOCALIZED frames only; ``recall`` at geometry.metrics.RECALL_THRESHOLDS (keys
     like ``"0.25m_2deg"``; fraction of ALL frames within both bounds); ``latency_ms`` {median, p95,
-    mean, max} (numpy's linear-interpolation percentile); ``per_scene`` and ``per_condition`` (the same
-    statistics per subset, e.g. "normal" vs shifted conditions); ``average_of_scene_medians`` (the
+    mean, max} (numpy's linear-interpolation percentile); ``per_scene``, ``per_condition`` and
+    ``per_scene_condition`` (keys "scene/condition") with the same statistics per subset, e.g. "normal"
+    vs shifted conditions; ``average_of_scene_medians`` (the
     7-Scenes/Cambridge table convention: mean over scenes of each scene's median); ``rejected``
     (how far off the rejected estimates were, from ``extras["T_world_cam_rejected"]``, to judge the
     rejection gate); ``calibration`` (NEES of the covariance, evaluation/calibration.py) when frames
@@ -186,6 +187,7 @@ def summarize(outcomes: Sequence[FrameOutcome], meta: dict | None = None, partia
 
     report["per_scene"] = groups(lambda o: o.scene)
     report["per_condition"] = groups(lambda o: o.condition)
+    report["per_scene_condition"] = groups(lambda o: f"{o.scene}/{o.condition}")
     scenes = report["per_scene"]
     report["average_of_scene_medians"] = {
         "translation_m": _mean(np.array([s["median_translation_m"] for s in scenes.values()])),
