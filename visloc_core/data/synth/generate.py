@@ -237,7 +237,7 @@ def generate(
                 try:
                     if bag is not None:
                         bag.set_odometry(plan.odom_stamps_ns, plan.T_odom_base, plan.T_map_odom)
-                    pick = set(np.linspace(0, seq.n_frames - 1, min(3, seq.n_frames)).round().astype(int).tolist())
+                    pick = {int(k * seq.n_frames / 3) for k in range(3)}  # 0, 1/3, 2/3: loops end where they start
                     for i in range(seq.n_frames):
                         frame = sr.render_frame(plan, i)
                         # encoding and writing run on the writer thread, overlapping the next render
@@ -263,7 +263,11 @@ def generate(
             if preview:
                 from .preview import write_contact_sheet
 
-                write_contact_sheet(samples, w.tmp / "preview.png", title=f"{spec.name} (seed {spec.seed})")
+                ext = _extent(spec)
+                far = float(np.linalg.norm(np.subtract(ext["max"], ext["min"])))
+                write_contact_sheet(
+                    samples, w.tmp / "preview.png", title=f"{spec.name} (seed {spec.seed})", depth_range=(0.3, far)
+                )
     finally:
         writer.close()
         sr.release()

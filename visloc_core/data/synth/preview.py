@@ -61,10 +61,13 @@ def _label(text_lines: list[str], height: int, width: int = LABEL_W) -> np.ndarr
     return img
 
 
-def write_contact_sheet(samples: dict[str, list], path: str | Path, title: str = "") -> Path:
+def write_contact_sheet(
+    samples: dict[str, list], path: str | Path, title: str = "", depth_range: tuple[float, float] = (0.3, 60.0)
+) -> Path:
     """One row per sequence: its name and condition, then (RGB, classes, depth) of each sample.
 
-    ``samples``: sequence name -> list of (condition, RenderOutput). Writes ``path`` (PNG)."""
+    ``samples``: sequence name -> list of (condition, RenderOutput); ``depth_range``: metres mapped
+    to the ends of the depth colour scale. Writes ``path`` (PNG) atomically."""
     rows = []
     n_cols = max((len(v) for v in samples.values()), default=0)
     for seq, items in samples.items():
@@ -73,7 +76,7 @@ def write_contact_sheet(samples: dict[str, list], path: str | Path, title: str =
             cells += [
                 _thumb(fr.rgb_HW3),
                 _thumb(colorize_classes(fr.class_HW), True),
-                _thumb(colorize_depth(fr.depth_HW)),
+                _thumb(colorize_depth(fr.depth_HW, *depth_range)),
             ]
         th = cells[0].shape[0]
         blank = np.zeros((th, THUMB_W, 3), np.uint8)
@@ -89,7 +92,7 @@ def write_contact_sheet(samples: dict[str, list], path: str | Path, title: str =
     legend = np.full((40, width, 3), 30, np.uint8)
     cv2.putText(
         legend,
-        f"{title}   columns: RGB | classes | depth (near warm)",
+        f"{title}   columns: RGB | classes | depth ({depth_range[0]:g} m red .. {depth_range[1]:.0f} m blue, log)",
         (6, 16),
         cv2.FONT_HERSHEY_SIMPLEX,
         0.45,
