@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,21 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"--size must look like 320x240, got {text!r}") from err
 
 
+EPILOG = """\
+examples:
+  visloc synth indoor_room --out data/indoor --preview
+  visloc synth config/scenes/plaza.yaml --out data/plaza --bag bags/ --storage mcap --size 640x480
+
+writes DATASET (visloc layout: rgb, metric depth, semantic classes, T_world_cam, intrinsics;
+split train = mapping sequences, test = query sequences, each with its appearance condition) and,
+with --bag, BAGDIR/<scene>_<sequence>/ per sequence. The dataset appears only when complete; bags
+of sequences finished before an interruption are kept, the unfinished one is removed.
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("scene", metavar="SCENE.yaml", help="scene file, or a preset name from config/scenes/")
     parser.add_argument("--out", required=True, metavar="DATASET", help="dataset folder to create (visloc layout)")
     parser.add_argument(
@@ -65,21 +80,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data.synth import apply_overrides, generate, load_scene
+    from ..data.synth.renderer import RendererUnavailableError
 
     spec = load_scene(args.scene)
     if args.seed is not None:
         spec.seed = int(args.seed)
     spec = apply_overrides(spec, size=args.size, max_frames=args.max_frames)
-    out = generate(
-        spec,
-        args.out,
-        bag_dir=args.bag,
-        storage=args.storage,
-        compressed=args.compressed,
-        preview=args.preview,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        png_level=args.png_level,
-    )
+    try:
+        out = generate(
+            spec,
+            args.out,
+            bag_dir=args.bag,
+            storage=args.storage,
+            compressed=args.compressed,
+            preview=args.preview,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            png_level=args.png_level,
+        )
+    except RendererUnavailableError as err:
+        print(f"visloc synth: error: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {out}" + (f" and bags under {args.bag}" if args.bag else ""))
     return 0

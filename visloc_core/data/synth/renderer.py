@@ -124,6 +124,10 @@ class RenderOutput:
     class_HW: np.ndarray  # noqa: N815  uint8 class ids (spec.CLASSES)
 
 
+class RendererUnavailableError(RuntimeError):
+    """No headless OpenGL (EGL) context could be made; the message says what to install."""
+
+
 def create_context():
     """A standalone headless GL 3.3 context (EGL). Raises with the install hint when EGL is missing."""
     import moderngl
@@ -131,7 +135,7 @@ def create_context():
     try:
         return moderngl.create_standalone_context(backend="egl")
     except Exception as err:  # moderngl raises plain Exception subclasses from glcontext
-        raise RuntimeError(
+        raise RendererUnavailableError(
             f"cannot create a headless OpenGL context with EGL ({err}); install Mesa's EGL: "
             "`apt-get install -y libegl1 libgl1-mesa-dri`"
         ) from err
