@@ -153,6 +153,11 @@ def test_report_json_numbers_by_hand(tmp_path) -> None:
     # Mean NEES 1 over 5 frames is below chi2(15)/5's 2.5 % quantile (6.26 / 5 = 1.25): too cautious.
     assert cal["translation"]["verdict"] == "underconfident"
     assert cal["translation"]["scale_to_calibrate"] == pytest.approx(1 / 3)
+    # All 5 NEES (= 1) lie below the chi2_3 median 2.366: beyond 1/2 + 1.96 sqrt(1/20) = 0.94.
+    assert cal["translation"]["fraction_below_expected_median"] == 1.0
+    assert cal["translation"]["verdict_median"] == "underconfident"
+    assert cal["translation"]["scale_to_calibrate_median"] == pytest.approx(1 / chi2.median(3))
+    assert cal["translation"]["fraction_beyond_99"] == 0.0
 
 
 def test_frames_csv_rows_by_hand(tmp_path) -> None:
@@ -261,7 +266,9 @@ def test_calibrated_covariance_gives_chi_square_fractions() -> None:
         for level, frac in b["fraction_within"].items():
             p = int(level.rstrip("%")) / 100
             assert frac == pytest.approx(p, abs=4 * np.sqrt(p * (1 - p) / 3000) + 1e-3)
-        assert b["verdict"] == "consistent"
+        assert b["verdict"] == "consistent" and b["verdict_median"] == "consistent"
+        assert b["fraction_beyond_99"] == pytest.approx(0.01, abs=0.01)
+        assert b["scale_to_calibrate_median"] == pytest.approx(1.0, rel=0.1)
 
 
 def test_overconfident_covariance_is_flagged() -> None:
@@ -270,6 +277,19 @@ def test_overconfident_covariance_is_flagged() -> None:
         assert cal[block]["verdict"] == "overconfident"
         assert cal[block]["scale_to_calibrate"] == pytest.approx(4.0, rel=0.15)
         assert cal[block]["fraction_within"]["68%"] < 0.4
+        assert cal[block]["verdict_median"] == "overconfident"
+        assert cal[block]["scale_to_calibrate_median"] == pytest.approx(4.0, rel=0.2)
+
+
+def test_a_few_gross_outliers_sway_the_mean_not_the_median_verdict() -> None:
+    outs = _sampled_outcomes(400, 1.0, seed=5)
+    for o in outs[:8]:  # 2 % of the frames 3 m off
+        o.T_world_cam_est = o.T_world_cam_est.copy()
+        o.T_world_cam_est[:3, 3] += 3.0
+    cal = covariance_calibration(outs)["translation"]
+    assert cal["verdict"] == "overconfident"  # the mean NEES explodes
+    assert cal["verdict_median"] == "consistent"  # the core is calibrated
+    assert cal["fraction_beyond_99"] >= 0.02
 
 
 def test_calibration_skips_frames_without_a_usable_covariance() -> None:

@@ -170,7 +170,8 @@ def print_summary(report: dict, out: Path) -> None:
             b = cal[block]
             parts.append(
                 f"{block} NEES mean {b['mean_nees']:.2f} / median {b['median_nees']:.2f}, "
-                f"{100 * b['fraction_within']['95%']:.0f}% within the 95% bound ({b['verdict']})"
+                f"{100 * b['fraction_within']['95%']:.0f}% within the 95% bound "
+                f"(by the mean: {b['verdict']}, by the median: {b['verdict_median']})"
             )
         console.print(
             f"covariance calibration on {cal['n_frames']} frames (chi-square 3 dof: mean 3, median 2.37, 95% within): "

@@ -12,8 +12,11 @@ bottom-right block, ``NEES_6`` with the whole matrix and both errors). If the co
 covariance of Gaussian errors, NEES follows a chi-square distribution with 3 (or 6) degrees of
 freedom: its mean is the dof, and 68 / 95 / 99 % of the frames lie below the chi-square quantiles.
 A mean NEES well above the dof means an OVERCONFIDENT covariance (too small), well below means
-UNDERCONFIDENT. ``scale_to_calibrate`` = mean NEES / dof is the factor that, multiplied into the
-covariance, makes the mean NEES equal the dof.
+UNDERCONFIDENT (``verdict``, from the 95 % interval of the mean, chi2(N dof) / N). The mean is ruled by
+a few gross outliers, so ``verdict_median`` judges the core of the distribution: under calibration half
+the frames lie below the chi-square median (binomial 95 % interval). ``scale_to_calibrate`` = mean NEES /
+dof (``scale_to_calibrate_median`` = median NEES / chi-square median) is the factor that, multiplied
+into the covariance, makes the mean (median) NEES match; ``fraction_beyond_99`` counts the outliers.
 
 Only LOCALIZED frames with a finite, positive-definite covariance are used (others are counted).
 """
@@ -75,18 +78,33 @@ def _block_summary(values: np.ndarray, dof: int) -> dict:
         verdict = "underconfident"
     else:
         verdict = "consistent"
+    # Robust to a few gross outliers (which dominate the mean): under calibration the fraction of
+    # frames below the chi-square median is Binomial(N, 1/2)/N; outside 1/2 +- 1.96 sqrt(1/(4N)) it is not.
+    med_expected = float(chi2.median(dof))
+    below = float(np.mean(values <= med_expected))
+    half_width = 1.96 * np.sqrt(0.25 / n)
+    if below < 0.5 - half_width:
+        verdict_median = "overconfident"
+    elif below > 0.5 + half_width:
+        verdict_median = "underconfident"
+    else:
+        verdict_median = "consistent"
     return {
         "dof": dof,
         "mean_nees": mean,
         "median_nees": float(np.median(values)),
         "expected_mean": float(dof),
-        "expected_median": float(chi2.median(dof)),
+        "expected_median": med_expected,
         "mean_nees_95_interval": [lo, hi],
         "chi2_bounds": bounds,
         "fraction_within": within,
         "expected_fraction_within": {k: p for k, p in zip(bounds, LEVELS)},
+        "fraction_beyond_99": float(np.mean(values > bounds["99%"])),
         "scale_to_calibrate": mean / dof,
+        "scale_to_calibrate_median": float(np.median(values)) / med_expected,
         "verdict": verdict,
+        "fraction_below_expected_median": below,
+        "verdict_median": verdict_median,
     }
 
 
