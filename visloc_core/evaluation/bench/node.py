@@ -1,0 +1,263 @@
+"""``visloc bench node``: the ROS 2 localizer node's overhead and memory, measured over real DDS.
+
+(a) Latency: ``--latency-frames`` images (``--width`` x ``--height`` rgb8, crops of a real
+    photograph) are published one at a time to the node (a subprocess started like ``visloc
+    replay`` does, reliable image QoS) and each waits for its /localization result. End-to-end
+    latency = result received - image published (perf_counter of this process). The same images
+    go through ``localizer.localize`` in this process right after each node frame (the model's own
+    time: preprocessing + inference + postprocessing, same thread count; paired, so both see the
+    same machine load). ``ratio_e2e_over_localize`` =
+    median e2e / median own time (target <= 1.10); ``ratio_node_internal_over_localize`` uses
+    the node's own stamp-to-result latency (LocalizationResult.latency), which leaves out DDS;
+    ``ratio_e2e_over_localize_in_node`` divides by the localizer's stage times inside the node
+    process (LocalizationResult.stage_seconds) for the same frames, which removes the difference
+    between two processes on a shared machine.
+(b) Memory: ``--memory-frames`` (10 000) more frames, lock-step (or ``--flood``: published at
+    ``--flood-rate`` Hz without waiting, so the node drops what it cannot process); the node's RSS
+    is sampled with psutil every ``--sample-every`` frames. ``rss_slope_mb_per_1k_frames`` is the
+    least-squares slope of RSS against frames after the first 10 % (warm-up); flat (~0) is the
+    target.
+
+The artifact: ``--artifact`` or, by default, a PoseNet with MobileNetV2 (ImageNet weights, not
+trained on poses: accuracy is irrelevant to speed and memory) at the image size, written as a real
+``apr`` artifact. ROS imports happen inside ``run`` (visloc_core imports no rclpy at module level).
+Nothing is asserted: the numbers are measured and returned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+HELP = "node end-to-end latency vs the model's own inference (target <= 1.10x); RSS slope over 10k frames"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--artifact", default=None, help="localizer artifact (default: a PoseNet/MobileNetV2 made here)"
+    )
+    parser.add_argument("--width", type=int, default=64, help="image width in pixels (small: the node overhead shows)")
+    parser.add_argument("--height", type=int, default=48, help="image height in pixels")
+    parser.add_argument("--latency-frames", type=int, default=200, help="frames of the latency part")
+    parser.add_argument("--memory-frames", type=int, default=10_000, help="frames of the memory part (0 = skip)")
+    parser.add_argument("--sample-every", type=int, default=250, help="RSS sample period of the memory part, frames")
+    parser.add_argument(
+        "--flood", action="store_true", help="memory part: publish at --flood-rate without waiting for results"
+    )
+    parser.add_argument("--flood-rate", type=float, default=200.0, help="publish rate (Hz) with --flood")
+    parser.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads of the node and of this process")
+    parser.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for the node to activate")
+
+
+def _images(n: int, width: int, height: int) -> list[np.ndarray]:
+    import cv2
+    import skimage.data
+
+    tex = skimage.data.astronaut()
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        s = rng.uniform(0.3, 0.8)
+        w, h = int(tex.shape[1] * s), int(tex.shape[1] * s * height / width)
+        x0, y0 = rng.integers(0, tex.shape[1] - w + 1), rng.integers(0, tex.shape[0] - h + 1)
+        out.append(np.ascontiguousarray(cv2.resize(tex[y0 : y0 + h, x0 : x0 + w], (width, height), cv2.INTER_AREA)))
+    return out
+
+
+def _default_artifact(folder: Path, width: int, height: int) -> Path:
+    """A real 'apr' artifact: PoseNet/MobileNetV2 with ImageNet weights, identity pose statistics."""
+    from ...models.apr.artifact import SceneStats, write_apr_artifact
+    from ...models.registry import SceneSpec, build_apr_model
+    from ...training.config import apr_config
+
+    cfg = apr_config(
+        {
+            "model": {"name": "posenet", "backbone": "mobilenet_v2", "pretrained": True, "feature_dim": 128},
+            "data": {"image_width": max(32, width), "image_height": max(32, height)},
+        }
+    )
+    scene = SceneStats(
+        "bench", "untrained (speed/memory only)", np.zeros(3), 1.0, -1e6 * np.ones(3), 1e6 * np.ones(3), 0
+    )
+    model_cfg = {k: v for k, v in cfg["model"].items() if k != "name"}
+    model = build_apr_model("posenet", model_cfg, [SceneSpec(scene.name, scene.description)])
+    calib = {"translation_var_m2": [0.01] * 3, "rotation_var_rad2": [1e-4] * 3, "method": "fixed (bench)"}
+    return write_apr_artifact(folder / "bench-posenet", model, cfg, [scene], calib, {"note": "untrained bench model"})
+
+
+def run(args: argparse.Namespace) -> dict:
+    import rclpy
+    import yaml
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image
+    from visloc_ros.msg import LocalizationResult
+
+    from visloc_ros import conversions as conv
+    from visloc_ros.replay import NodeProcess, _ResourceSampler, _stats
+
+    from ...geometry import PinholeCamera
+    from ...localizers.loading import load_localizer
+    from .timing import machine_info, ratio, set_threads
+
+    set_threads(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the node subprocess inherits it
+    tmp = Path(tempfile.mkdtemp(prefix="visloc-bench-node-"))
+    artifact = Path(args.artifact) if args.artifact else _default_artifact(tmp, args.width, args.height)
+    W, H = args.width, args.height
+    camera = PinholeCamera(W, H, 0.8 * W, 0.8 * W, (W - 1) / 2, (H - 1) / 2)
+    images = _images(64, W, H)
+
+    # the model's own time is measured in this process on the same images, interleaved with the
+    # node's frames (paired: both see the same machine load; the node is idle while we time)
+    loc = load_localizer(artifact)
+    for img in images[:5]:
+        loc.localize(img, camera, 0)
+
+    params = {
+        "model": str(artifact.resolve()),
+        "autostart": True,
+        "image_qos": "reliable",
+        "image_qos_depth": 10,
+        "base_frame": "",
+        "max_jump_m": 0.0,
+        "max_jump_deg": 0.0,
+    }
+    params_file = tmp / "node.yaml"
+    params_file.write_text(yaml.safe_dump({"visloc_localizer": {"ros__parameters": params}}))
+    cmd = [sys.executable, "-m", "visloc_ros.localizer_node", "--ros-args", "--params-file", str(params_file)]
+    started = not rclpy.ok()
+    if started:
+        rclpy.init()
+    node = rclpy.create_node("visloc_bench_node")
+    results: dict[int, float] = {}
+    internal: dict[int, float] = {}
+    stages: dict[int, float] = {}
+
+    def on_result(msg) -> None:
+        s = conv.stamp_to_ns(msg.header.stamp)
+        results[s] = time.perf_counter()
+        internal[s] = 1000.0 * (msg.latency.sec + msg.latency.nanosec * 1e-9)
+        stages[s] = 1000.0 * float(sum(msg.stage_seconds))
+
+    node.create_subscription(LocalizationResult, "localization", on_result, 100)
+    image_pub = node.create_publisher(Image, "image", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    info_pub = node.create_publisher(CameraInfo, "camera_info", 10)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    spin = threading.Thread(target=executor.spin, daemon=True)
+    spin.start()
+    proc = NodeProcess(cmd, tmp / "node.log")
+    out: dict = {}
+    try:
+        t_end = time.monotonic() + args.startup_timeout
+        while image_pub.get_subscription_count() == 0 or info_pub.get_subscription_count() == 0:
+            if not proc.alive() or time.monotonic() > t_end:
+                raise RuntimeError(f"the node did not activate; see {tmp / 'node.log'}")
+            time.sleep(0.05)
+        info_pub.publish(conv.camera_to_camera_info(camera))
+        time.sleep(0.5)
+        msgs = [conv.rgb_to_image(img, "rgb8") for img in images]
+
+        def send(k: int, wait: bool) -> float:
+            m = msgs[k % len(msgs)]
+            m.header.stamp = conv.ns_to_stamp(1_000_000_000 + k)
+            t_pub = time.perf_counter()
+            image_pub.publish(m)
+            if wait:
+                t_stop = time.monotonic() + 30.0
+                while (1_000_000_000 + k) not in results and time.monotonic() < t_stop:
+                    time.sleep(0.0002)
+            return t_pub
+
+        for k in range(5):  # warm-up
+            send(k, True)
+        e2e, node_ms, own_ms, paired, in_node = [], [], [], [], []
+        for k in range(5, 5 + args.latency_frames):
+            t_pub = send(k, True)
+            s = 1_000_000_000 + k
+            t0 = time.perf_counter()
+            loc.localize(images[k % len(images)], camera, 0)
+            own_ms.append(1000 * (time.perf_counter() - t0))
+            if s in results:
+                e2e.append(1000.0 * (results[s] - t_pub))
+                node_ms.append(internal[s])
+                in_node.append(stages[s])
+                paired.append(e2e[-1] / own_ms[-1])
+        del loc
+        own, e2e_s, node_s, in_node_s = _stats(own_ms), _stats(e2e), _stats(node_ms), _stats(in_node)
+        out["latency"] = {
+            "frames": args.latency_frames,
+            "image_size": [W, H],
+            "localize_own_ms": own,
+            "node_e2e_ms": e2e_s,
+            "node_internal_ms": node_s,
+            "localize_in_node_ms": in_node_s,
+            "ratio_e2e_over_localize_in_node": ratio(e2e_s.get("median"), in_node_s.get("median")),
+            "ratio_e2e_over_localize": ratio(e2e_s.get("median"), own.get("median")),
+            "ratio_node_internal_over_localize": ratio(node_s.get("median"), own.get("median")),
+            "median_of_paired_ratios": float(np.median(paired)) if paired else None,
+            "target_ratio": 1.10,
+        }
+        log.info("latency: %s", out["latency"])
+
+        if args.memory_frames > 0:
+            import psutil
+            from tqdm import tqdm
+
+            p = psutil.Process(proc.pid)
+            sampler = _ResourceSampler(proc.pid, period_s=1.0).start()
+            base_k = 10_000_000
+            rss: list[tuple[int, float]] = [(0, p.memory_info().rss / 2**20)]
+            period = 1.0 / args.flood_rate if args.flood else 0.0
+            t_next = time.perf_counter()
+            for k in tqdm(range(args.memory_frames), desc="memory", unit="frame", disable=None):
+                send(base_k + k, not args.flood)
+                if args.flood:
+                    t_next += period
+                    delay = t_next - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)
+                if (k + 1) % args.sample_every == 0:
+                    rss.append((k + 1, p.memory_info().rss / 2**20))
+            time.sleep(1.0)
+            res = sampler.stop()
+            arr = np.array(rss)
+            warm = arr[arr[:, 0] >= 0.1 * args.memory_frames]
+            slope = float(np.polyfit(warm[:, 0] / 1000.0, warm[:, 1], 1)[0]) if len(warm) >= 2 else None
+            answered = sum(1 for k in range(args.memory_frames) if 1_000_000_000 + base_k + k in results)
+            out["memory"] = {
+                "frames_published": args.memory_frames,
+                "frames_answered": answered,
+                "mode": f"flood at {args.flood_rate:g} Hz" if args.flood else "lock-step",
+                "rss_mb_first": float(arr[0, 1]),
+                "rss_mb_last": float(arr[-1, 1]),
+                "rss_mb_after_warmup": float(warm[0, 1]) if len(warm) else None,
+                "rss_slope_mb_per_1k_frames": slope,
+                "rss_samples_mb": [[int(a), round(float(b), 2)] for a, b in arr],
+                "node_cpu_percent_of_one_core": res.get("cpu_percent_of_one_core"),
+            }
+            log.info("memory: slope %.3f MB / 1k frames", slope or float("nan"))
+    finally:
+        proc.stop()
+        executor.shutdown(timeout_sec=2.0)
+        spin.join(timeout=5.0)
+        node.destroy_node()
+        if started:
+            rclpy.try_shutdown()
+    out["artifact"] = str(artifact)
+    out["artifact_note"] = (
+        "given" if args.artifact else "untrained PoseNet/MobileNetV2 (ImageNet weights) made by the bench"
+    )
+    out["machine"] = machine_info()
+    return out
