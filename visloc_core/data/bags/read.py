@@ -333,7 +333,7 @@ def dataset_from_bag(
                 graph.path(world, body)
             except TFLookupError as err:
                 raise BagError(f"--pose-tf {world}:{body}: {err}") from err
-            summary.n_pose_samples = sum(len(e.stamps) for e in graph._edges.values() if not e.static)
+            summary.n_pose_samples = graph.n_dynamic_samples
 
             def world_body(stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 return graph.lookup(world, body, stamps, max_gap_ns)
@@ -359,12 +359,12 @@ def dataset_from_bag(
         }
 
         # ---------------------------------------------------------------- pass 2: images
-        resolved: dict = {}  # T_body_cam source, resolved at the first image: {"fn": stamps -> (T, valid)}
+        resolved: dict[str, dict] = {}  # image frame_id -> {"fn": stamps -> (T_body_cam, valid)}
 
         def body_cam(frame_id: str, stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            if not resolved:
-                resolved.update(_resolve_extrinsic(o, graph, body, frame_id, source))
-            return resolved["fn"](stamps)
+            if frame_id not in resolved:
+                resolved[frame_id] = _resolve_extrinsic(o, graph, body, frame_id, source)
+            return resolved[frame_id]["fn"](stamps)
 
         writer = DatasetWriter(out, source=source, overwrite=overwrite)
         # Encoding and writing run on worker threads (numpy copies, zlib, crc32 and file writes

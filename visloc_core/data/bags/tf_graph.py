@@ -98,6 +98,11 @@ class FrameGraph:
         out.update(e.parent for e in self._edges.values())
         return out
 
+    @property
+    def n_dynamic_samples(self) -> int:
+        """Number of time-stamped transforms over all dynamic edges."""
+        return sum(len(e.stamps) for e in self._edges.values() if not e.static)
+
     def describe(self) -> str:
         """One line per edge: 'parent -> child (static | N samples)'."""
         lines = []
