@@ -17,7 +17,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Malformed messages are counted and skipped; a summary lists everything skipped and why. "
         "The dataset is written atomically: an interrupted run leaves nothing at --out."
     )
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     parser.add_argument("bag", metavar="BAG", help="rosbag2 folder (with metadata.yaml)")
     parser.add_argument("--out", required=True, metavar="DATASET", help="output dataset folder")
     parser.add_argument(
@@ -74,22 +73,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="depth image topic registered to the colour image: 16UC1 (millimetres) or 32FC1 (metres)",
     )
     parser.add_argument(
-        "--depth-max-dt", type=float, default=0.01, help="seconds between image and depth stamps to pair them"
+        "--depth-max-dt",
+        type=float,
+        default=0.01,
+        help="seconds between image and depth stamps to pair them (default 0.01)",
     )
     parser.add_argument(
         "--max-gap",
         type=float,
         default=0.1,
         help="seconds: a frame is kept only if it lies on a pose sample or between two pose samples at most "
-        "this far apart (no extrapolation); others are skipped and counted",
+        "this far apart (no extrapolation); others are skipped and counted (default 0.1)",
     )
-    parser.add_argument("--stride", type=int, default=1, help="keep every N-th image message")
+    parser.add_argument("--stride", type=int, default=1, help="keep every N-th image message (default 1)")
     parser.add_argument("--scene", default=None, help="scene name (default: the bag folder name)")
-    parser.add_argument("--sequence", default="seq-01", help="sequence name")
-    parser.add_argument("--split", default="train", help="split the sequence is listed in (train, test, ...)")
-    parser.add_argument("--condition", default="normal", help="appearance condition of the sequence (day, night...)")
-    parser.add_argument("--tf-topic", default="/tf", help="dynamic TF topic")
-    parser.add_argument("--tf-static-topic", default="/tf_static", help="static TF topic")
+    parser.add_argument("--sequence", default="seq-01", help="sequence name (default seq-01)")
+    parser.add_argument("--split", default="train", help="split the sequence is listed in: train (default), test, ...")
+    parser.add_argument(
+        "--condition", default="normal", help="appearance condition of the sequence (day, night, ...; default normal)"
+    )
+    parser.add_argument("--tf-topic", default="/tf", help="dynamic TF topic (default /tf)")
+    parser.add_argument("--tf-static-topic", default="/tf_static", help="static TF topic (default /tf_static)")
     parser.add_argument(
         "--png-level",
         type=int,
@@ -97,7 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=range(10),
         metavar="0-9",
         help="PNG compression of raw images: 0 writes uncompressed PNGs (fastest, same size as the bag), "
-        "1-9 deflate (smaller, slower). Always lossless",
+        "1-9 deflate (smaller, slower). Always lossless (default 0)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
