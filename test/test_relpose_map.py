@@ -45,8 +45,8 @@ def _evaluate(loc, room, **kw):
 def test_artifact_is_self_contained(xfeat_map, room):
     meta = json.loads((xfeat_map / "artifact.json").read_text())
     assert meta["kind"] == "relpose" and meta["n_keyframes"] == 16 and meta["has_depth"]
-    assert meta["estimator"] == "xfeat" and meta["descriptor"] == "gem"
-    for name in ("config.yaml", "index.faiss", "features.npz", "keyframes.json", "descriptor/descriptor.json"):
+    assert meta["estimator"] == "xfeat" and meta["descriptor"] == "xfeat_vlad" and meta["descriptor_dim"] == 64 * 64
+    for name in ("config.yaml", "index.faiss", "features.npz", "keyframes.json", "descriptor/centroids.npy"):
         assert (xfeat_map / name).is_file(), name
     assert len(list((xfeat_map / "images").glob("*.png"))) == 16
     assert not list(xfeat_map.parent.glob(".xfeat.partial-*"))  # the temporary folder was renamed
