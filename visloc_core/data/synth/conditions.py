@@ -19,9 +19,9 @@ BUILTIN_CONDITIONS: dict[str, ConditionSpec] = {
     # Low warm sun from the side, bluish ambient, orange sky; darker overall.
     "dusk": ConditionSpec(
         name="dusk",
-        ambient=0.28,
+        ambient=0.4,
         ambient_color=(0.95, 0.75, 0.65),
-        sun_intensity=0.75,
+        sun_intensity=0.9,
         sun_color=(1.0, 0.55, 0.25),
         sun_azimuth_deg=200.0,
         sun_elevation_deg=8.0,
@@ -36,7 +36,7 @@ BUILTIN_CONDITIONS: dict[str, ConditionSpec] = {
         ambient=0.05,
         ambient_color=(0.5, 0.6, 1.0),
         sun_intensity=0.0,
-        headlamp=0.7,
+        headlamp=0.6,
         headlamp_range=2.0,
         sky_zenith=(0.01, 0.01, 0.04),
         sky_horizon=(0.05, 0.05, 0.1),

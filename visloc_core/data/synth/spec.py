@@ -163,7 +163,7 @@ class ConditionSpec:
     """Appearance of one sequence: lighting, exposure, sensor effects, moving occluders."""
 
     name: str
-    ambient: float = 0.55  # ambient light intensity
+    ambient: float = 0.65  # ambient light intensity
     ambient_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
     sun_intensity: float = 0.6  # directional light intensity
     sun_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
