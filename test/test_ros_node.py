@@ -24,6 +24,7 @@ from visloc_core.geometry import (
     pose_errors,
     rotation_angle_deg,
 )
+from visloc_core.localizers.base import Status
 from visloc_core.localizers.loading import load_localizer
 from visloc_ros import conversions as conv
 from visloc_ros.localizer_node import LocalizerNode
@@ -104,8 +105,9 @@ def test_localizes_sequence_with_input_stamps_and_frames(session_factory):
     T_est = np.stack([conv.pose_to_T(m.pose) for m in poses])
     T_gt = np.stack([gt for _, gt in frames])
     t_err, r_err = pose_errors(T_est, T_gt)
-    # The tiny model's held-out accuracy on this 2 m path (validation median ~0.06 m / 1.2 deg).
-    assert np.max(t_err) < 0.3 and np.max(r_err) < 6.0, (t_err, r_err)
+    # The tiny model's held-out accuracy on this 2 m path (validation median ~0.06 m / 1.2 deg); a model
+    # that learned nothing predicts the mean pose: median ~0.5 m, worst ~0.8 m / 16 deg.
+    assert np.median(t_err) < 0.2 and np.max(t_err) < 0.5 and np.max(r_err) < 8.0, (t_err, r_err)
     # pose_with_covariance is latched (transient local, depth 1): the last pose, with the artifact's covariance
     s.probe.wait_for(lambda: s.probe.count("pose_with_covariance") >= 1)
     last = s.probe.get("pose_with_covariance")[-1]
@@ -336,3 +338,35 @@ def test_configure_failure_keeps_node_alive(ros, tmp_path):
         node.stop()
         probe.stop()
         node.destroy_node()
+
+
+def test_localizer_rejection_and_exceptions_pass_through_as_diagnostics(session_factory):
+    """The localizer's own REJECTED (outside the mapped region) reaches only `localization`; an exception
+    inside the localizer is logged and counted, and the next frame is processed."""
+    s = session_factory()
+    s.send_camera_info()
+    real = s.node.localizer.localize
+    mode = {"next": "reject"}
+
+    def wrapped(image, camera, stamp_ns, prior=None):
+        r = real(image, camera, stamp_ns, prior)
+        if mode["next"] == "reject":
+            r.status, r.status_reason = Status.REJECTED, "pose outside the mapped region of scene 'line'"
+        elif mode["next"] == "raise":
+            raise RuntimeError("simulated model failure")
+        return r
+
+    s.node.localizer.localize = wrapped
+    img, _ = tiny_frames([0.5])[0]
+    t0 = 7_000_000_000_000
+    s.probe.publish_frame(conv.rgb_to_image(img, "rgb8", t0))
+    msg = s.probe.get("localization")[-1]
+    assert msg.status == msg.REJECTED and "outside the mapped region" in msg.status_reason
+    mode["next"] = "raise"
+    s.probe.publish_frame(conv.rgb_to_image(img, "rgb8", t0 + 1), wait_topic=None)
+    s.probe.wait_for(lambda: s.node.counters()["errors"] == 1, what="error counted")
+    assert "simulated model failure" in s.node.counters()["last_error"]
+    mode["next"] = "pass"
+    s.probe.publish_frame(conv.rgb_to_image(img, "rgb8", t0 + 2), wait_topic="pose")
+    assert [conv.stamp_to_ns(m.header.stamp) for m in s.probe.get("pose")] == [t0 + 2]
+    assert s.probe.count("/tf") == 1
