@@ -400,3 +400,76 @@ def test_cli(tmp_path, capsys):
     rc = cli_main(["dataset", "from-bag", str(tmp_path / "bag"), "--image-topic", "/x", "--pose-topic", "/odom",
                    "--out", str(tmp_path / "ds2")])  # fmt: skip
     assert rc == 2 and "image topic '/x' is not in the bag" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------- TF graph
+def test_frame_graph_paths_through_common_ancestor():
+    from visloc_core.data.bags.tf_graph import FrameGraph, TFLookupError
+
+    g = FrameGraph()
+    stamps = np.array([0, 10, 20], dtype=np.int64)
+    for t in stamps:
+        g.add("map", "odom", T_map_odom(s(t)), int(t), static=False)
+        g.add("odom", "base_link", invert_T(T_map_odom(s(t))) @ T_map_base(s(t)), int(t), static=False)
+    g.add("base_link", "camera_link", T_BASE_CAMLINK, 0, static=True)
+    g.add("camera_link", "camera_optical_frame", T_CAMLINK_OPTICAL, 0, static=True)
+    g.add("base_link", "lidar", T_BASE_CAMLINK @ T_BASE_CAMLINK, 0, static=True)  # a sibling branch
+    T, ok = g.lookup("map", "camera_optical_frame", stamps)
+    assert ok.all()
+    for k, t in enumerate(stamps):
+        assert np.allclose(T[k], T_map_base(s(t)) @ T_BASE_OPTICAL, atol=1e-12)
+    # upward, downward and sideways (lidar -> camera through base_link) paths
+    T_inv, _ = g.lookup("camera_optical_frame", "map", stamps)
+    assert np.allclose(T_inv @ T, np.eye(4), atol=1e-12)
+    T_lc, _ = g.lookup("lidar", "camera_optical_frame", stamps[:1])
+    assert np.allclose(T_lc[0], invert_T(T_BASE_CAMLINK @ T_BASE_CAMLINK) @ T_BASE_OPTICAL, atol=1e-12)
+    # outside the samples: invalid (NaN), no extrapolation
+    T_out, ok_out = g.lookup("map", "base_link", np.array([25]))
+    assert not ok_out[0] and np.isnan(T_out).all()
+    assert g.is_static_path("base_link", "camera_optical_frame") and not g.is_static_path("map", "base_link")
+    with pytest.raises(ValueError, match="two parents"):
+        g.add("map", "camera_link", np.eye(4), 0, static=True)
+    g.add("world", "other", np.eye(4), 0, static=True)
+    with pytest.raises(TFLookupError, match="not connected"):
+        g.lookup("map", "other", stamps)
+    with pytest.raises(TFLookupError, match="'nowhere' is not in the TF tree"):
+        g.lookup("map", "nowhere", stamps)
+
+
+def test_intrinsics_option_stride_and_duplicates(tmp_path):
+    with BagWriter(tmp_path / "bag", "mcap") as b:
+        for k in range(20):
+            t = 1_000_000_000 + k * 50_000_000
+            b.write("/pose", pose_stamped(t, "map", T_map_base(s(t))), t)
+        for i in range(6):
+            t = 1_100_000_000 + i * 100_000_000
+            _, msg = raw_image(i, t, "rgb8")
+            b.write("/cam/image", msg, t)
+        _, dup = raw_image(9, 1_100_000_000, "rgb8")  # same stamp as image 0
+        b.write("/cam/image", dup, 1_700_000_000)
+    with pytest.raises(BagError, match="--intrinsics"):
+        dataset_from_bag(tmp_path / "bag", tmp_path / "x", opts(image_topic="/cam/image", pose_topic="/pose"),
+                         progress=False)  # fmt: skip
+    summ = dataset_from_bag(
+        tmp_path / "bag",
+        tmp_path / "ds",
+        opts(
+            image_topic="/cam/image", pose_topic="/pose", intrinsics_fxfycxcy=(50.0, 51.0, 31.5, 23.5),
+            extrinsic=T_BASE_OPTICAL, stride=1,
+        ),
+        progress=False,
+    )  # fmt: skip
+    assert summ.n_frames == 6 and summ.skipped["duplicate image stamp"] == 1
+    f = Dataset(tmp_path / "ds").frames()[0]
+    assert (f.camera.fx, f.camera.fy, f.camera.cx, f.camera.width) == (50.0, 51.0, 31.5, W)
+    summ = dataset_from_bag(
+        tmp_path / "bag",
+        tmp_path / "ds2",
+        opts(image_topic="/cam/image", pose_topic="/pose", intrinsics_fxfycxcy=(50, 50, 31.5, 23.5),
+             extrinsic=T_BASE_OPTICAL, stride=2),
+        progress=False,
+    )  # fmt: skip
+    # messages 0..6 (6 repeats the stamp of 0): 1, 3, 5 dropped by the stride, 6 as a duplicate
+    assert summ.n_frames == 3 and summ.skipped["--stride 2"] == 3 and summ.skipped["duplicate image stamp"] == 1
+    stamps = [f.stamp_ns for f in Dataset(tmp_path / "ds2").frames()]
+    assert stamps == [1_100_000_000, 1_300_000_000, 1_500_000_000]
