@@ -230,3 +230,19 @@ def test_localizer_rejects_outside_region_and_nonfinite(trained, tmp_path) -> No
     assert res.status == Status.REJECTED and "non-finite" in res.status_reason
     with pytest.raises(ValueError, match="uint8"):
         loc.localize(ds.load_rgb(frames[0]).astype(np.float32), frames[0].camera, 0)
+
+
+def test_train_command_rejects_bad_configs(tmp_path, capsys) -> None:
+    data = make_tiny_dataset(tmp_path / "ds", n_train=6)
+    cases = {
+        "task": ({"task": "no_such_task"}, "unknown task 'no_such_task'"),
+        "key": ({"train": {"epoch": 3}}, "unknown config key 'train.epoch'"),
+        "stage": ({"train": {"stages": [{"name": "a", "epochs": 1, "frezze": ["x"]}]}}, "unknown keys ['frezze']"),
+        "loss": ({"loss": {"name": "l3"}}, "unknown loss 'l3'"),
+    }
+    for name, (cfg, message) in cases.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        assert visloc_main(["train", str(path), "--data", str(data), "--out", str(tmp_path / f"out_{name}")]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / f"out_{name}").exists()

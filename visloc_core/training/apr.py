@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from scipy.stats import chi2
 
 from ..geometry import R_from_quat_wxyz, rotvec_from_R
@@ -192,7 +193,10 @@ def train(cfg: dict, data: str | Path, out: str | Path, args: argparse.Namespace
         scenes = dm.scenes
     max_epochs = sum(s["epochs"] for s in cfg["train"]["stages"])
     log.info("training %s on %s for %d epochs (work folder %s)", cfg["model"]["name"], data, max_epochs, work)
-    trainer, ckpt = _trainer(cfg, work, max_epochs, len(dm.train_dataloader()))
+    try:
+        trainer, ckpt = _trainer(cfg, work, max_epochs, len(dm.train_dataloader()))
+    except MisconfigurationException as err:  # e.g. --device cuda on a machine without a GPU
+        raise ValueError(f"train.device/devices/strategy/precision: {err}") from err
     t0 = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
     if trainer.interrupted:
