@@ -1,5 +1,5 @@
-"""`visloc eval` end to end: a real APR artifact trained by `visloc train` on the tiny pose-dependent
-dataset (test/apr_tiny.py), scored on its test split. The reference is an independent recomputation:
+"""`visloc eval` end to end: a real APR artifact (PoseNet trained by the real trainer on the tiny
+pose-dependent dataset of test/apr_tiny.py, cached by test/ros_helpers.py), scored on its test split. The reference is an independent recomputation:
 the same artifact loaded again, each test image localized, and the errors computed with
 visloc_core.geometry against the poses read back from the dataset."""
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from apr_tiny import make_tiny_dataset
+from ros_helpers import TINY_N_TRAIN, trained_tiny_artifact
 
 from visloc_core.cli import main as visloc_main
 from visloc_core.commands import evaluate as evaluate_cmd
@@ -21,34 +21,19 @@ from visloc_core.evaluation.report import read_frames_csv
 from visloc_core.geometry import T_from_position_quat_wxyz, pose_errors
 from visloc_core.localizers import Status, load_localizer
 
-CFG = {
-    "model": {"name": "posenet", "backbone": "efficientnet_lite0", "feature_dim": 64, "dropout": 0.0},
-    "data": {
-        "image_width": 64,
-        "image_height": 48,
-        "batch_size": 8,
-        "val_fraction": 0.25,
-        "val_block": 1,
-        "augment": {"crop": "center", "scale_jitter": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0},
-    },
-    "train": {"epochs": 2, "lr": 1.0e-3, "scheduler": "cosine", "progress_bar": False},
-}
-
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("eval")
-    data = make_tiny_dataset(root / "ds", n_train=20)
+    data = make_tiny_dataset(root / "ds", n_train=TINY_N_TRAIN)
     # A split with both sequences, the test one under a shifted appearance condition.
     mf = data / "manifest.json"
     manifest = json.loads(mf.read_text())
     manifest["splits"]["both"] = ["line/seq-train", "line/seq-test"]
     manifest["sequences"]["line/seq-test"]["condition"] = "dusk"
     mf.write_text(json.dumps(manifest))
-    cfg = root / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump(CFG))
-    art = root / "art"
-    assert visloc_main(["train", str(cfg), "--data", str(data), "--out", str(art)]) == 0
+    # A PoseNet trained by the real trainer on this dataset (cached across runs; see ros_helpers.py).
+    art = trained_tiny_artifact()
     return {"root": root, "data": data, "art": art}
 
 
@@ -93,7 +78,7 @@ def test_eval_report_matches_independent_recomputation(setup, capsys) -> None:
         assert float(row["latency_ms"]) > 0
     t_ref, r_ref = np.array(t_ref), np.array(r_ref)
     rep = json.loads((out / "report.json").read_text())
-    assert rep["n_frames"] == len(frames) == 19 and rep["partial"] is False
+    assert rep["n_frames"] == len(frames) == TINY_N_TRAIN - 1 and rep["partial"] is False
     assert rep["n_localized"] == int(np.isfinite(t_ref).sum())
     if np.isfinite(np.median(t_ref)):
         assert rep["median_translation_m"] == pytest.approx(np.median(t_ref), abs=1e-5)
@@ -126,8 +111,10 @@ def test_eval_conditions_limit_and_selection(setup) -> None:
     out = root / "both"
     assert visloc_main(["eval", art, "--data", data, "--split", "both", "--out", str(out), "--no-plots"]) == 0
     rep = json.loads((out / "report.json").read_text())
-    assert rep["n_frames"] == 20 + 19
-    assert rep["per_condition"]["normal"]["n_frames"] == 20 and rep["per_condition"]["dusk"]["n_frames"] == 19
+    n_test = TINY_N_TRAIN - 1
+    assert rep["n_frames"] == TINY_N_TRAIN + n_test
+    assert rep["per_condition"]["normal"]["n_frames"] == TINY_N_TRAIN
+    assert rep["per_condition"]["dusk"]["n_frames"] == n_test
     assert not (out / "trajectory.png").exists()
     rows = read_frames_csv(out / "frames.csv")
     assert {r["condition"] for r in rows if "/seq-test/" in r["name"]} == {"dusk"}
@@ -135,12 +122,14 @@ def test_eval_conditions_limit_and_selection(setup) -> None:
     out = root / "dusk"
     assert visloc_main(["eval", art, "--data", data, "--split", "both", "--condition", "dusk", "--out", str(out)]) == 0
     rows = read_frames_csv(out / "frames.csv")
-    assert len(rows) == 19 and all("/seq-test/" in r["name"] for r in rows)
+    assert len(rows) == n_test and all("/seq-test/" in r["name"] for r in rows)
     # --limit N: N frames evenly spaced over the selection, in order.
     out = root / "limit"
     assert visloc_main(["eval", art, "--data", data, "--limit", "5", "--out", str(out), "--no-plots"]) == 0
     all_keys = [f.key for f in Dataset(data).frames("test")]
-    assert [r["name"] for r in read_frames_csv(out / "frames.csv")] == [all_keys[i] for i in (0, 4, 9, 14, 18)]
+    expect = [all_keys[i] for i in np.linspace(0, n_test - 1, 5).round().astype(int)]
+    assert expect[0] == all_keys[0] and expect[-1] == all_keys[-1] and len(set(expect)) == 5
+    assert [r["name"] for r in read_frames_csv(out / "frames.csv")] == expect
 
 
 def test_eval_bad_input_is_a_clear_error(setup, capsys) -> None:
@@ -181,7 +170,7 @@ def test_eval_interrupted_keeps_a_partial_report(setup, monkeypatch) -> None:
     out = setup["root"] / "partial"
     assert visloc_main(["eval", str(setup["art"]), "--data", str(setup["data"]), "--out", str(out)]) == 130
     rep = json.loads((out / "report.json").read_text())
-    assert rep["partial"] is True and rep["n_frames"] == 3 and rep["meta"]["n_frames_selected"] == 19
+    assert rep["partial"] is True and rep["n_frames"] == 3 and rep["meta"]["n_frames_selected"] == TINY_N_TRAIN - 1
     assert len(read_frames_csv(out / "frames.csv")) == 3
 
 
