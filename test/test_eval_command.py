@@ -89,6 +89,9 @@ def test_eval_report_matches_independent_recomputation(setup, capsys) -> None:
     assert set(rep["per_scene"]) == {"line"} and set(rep["per_condition"]) == {"dusk"}
     assert rep["meta"]["split"] == "test" and rep["meta"]["method"] == "apr/posenet"
     assert rep["meta"]["artifact_kind"] == "apr"
+    # A single-scene APR model always names its one scene.
+    assert rep["scene_classification"] == {"n_frames": len(frames), "accuracy": 1.0}
+    assert {r["predicted_scene"] for r in rows} == {"line"}
     # APR results carry the artifact's calibrated covariance: NEES recomputed by hand.
     loc_idx = [i for i, r in enumerate(results) if r.status == Status.LOCALIZED]
     e = pose_residuals(

@@ -142,6 +142,7 @@ def test_report_json_numbers_by_hand(tmp_path) -> None:
     assert rep["rejected"]["median_translation_m_if_accepted"] == pytest.approx(1.0)
     assert rep["rejected"]["median_rotation_deg_if_accepted"] == pytest.approx(10.0)
     assert rep["methods"] == ["test/known"]
+    assert "scene_classification" not in rep  # no frame says which scene it chose
     # Calibration: each localized frame's covariance equals its own squared error on the perturbed axis.
     cal = rep["calibration"]
     assert cal["n_frames"] == 5 and cal["n_skipped"] == 0
@@ -304,3 +305,16 @@ def test_calibration_skips_frames_without_a_usable_covariance() -> None:
     assert cal["translation"]["mean_nees"] == pytest.approx(expect)
     assert covariance_calibration(outs[:3]) is None
     assert nees(np.array([[3.0, 4.0]]), np.eye(2)[None] * 25.0)[0] == pytest.approx(1.0)
+
+
+def test_scene_classification_and_reasons(tmp_path) -> None:
+    outs = _outcomes()
+    for o, pred in zip(outs, ["A", "A", "B", "", "B", "A", "B"]):
+        o.extras["predicted_scene"] = pred
+    outs[5].extras["status_reason"] = "pose outside the mapped region"
+    rep = write_report(outs, tmp_path, plots=False)
+    # 6 frames name a scene; right: 0, 1, 4, 6 -> 4 / 6.
+    assert rep["scene_classification"] == {"n_frames": 6, "accuracy": pytest.approx(4 / 6)}
+    rows = read_frames_csv(tmp_path / "frames.csv")
+    assert [r["predicted_scene"] for r in rows] == ["A", "A", "B", "", "B", "A", "B"]
+    assert rows[5]["status_reason"] == "pose outside the mapped region" and rows[0]["status_reason"] == ""

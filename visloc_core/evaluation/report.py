@@ -16,7 +16,8 @@ disk always belongs to complete companion files):
     vs shifted conditions; ``average_of_scene_medians`` (the
     7-Scenes/Cambridge table convention: mean over scenes of each scene's median); ``rejected``
     (how far off the rejected estimates were, from ``extras["T_world_cam_rejected"]``, to judge the
-    rejection gate); ``calibration`` (NEES of the covariance, evaluation/calibration.py) when frames
+    rejection gate); ``scene_classification`` (accuracy of ``extras["predicted_scene"]`` when the localizer
+    reports one); ``calibration`` (NEES of the covariance, evaluation/calibration.py) when frames
     carry covariances; ``partial`` (true when the run was interrupted); ``meta`` (what was run).
     JSON has no infinity: an infinite or undefined statistic is written as ``null``.
 
@@ -80,6 +81,8 @@ COLUMN_DOCS: dict[str, str] = {
     "confidence": "confidence reported by the localizer",
     "latency_ms": "wall time of the localize call (eval) or image->pose (replay), ms",
     "method": "localizer method name",
+    "predicted_scene": "scene the localizer chose (multi-scene models, retrieval); empty if it does not say",
+    "status_reason": "why the frame was not LOCALIZED (localizer's reason); empty otherwise",
 }
 FRAME_CSV_COLUMNS: list[str] = list(COLUMN_DOCS)
 
@@ -195,6 +198,13 @@ def summarize(outcomes: Sequence[FrameOutcome], meta: dict | None = None, partia
         "n_scenes": len(scenes),
     }
     report["rejected"] = _rejected_stats(outcomes)
+    predicted = [(o.extras.get("predicted_scene"), o.scene) for o in outcomes if o.extras.get("predicted_scene")]
+    if predicted:
+        # Multi-scene models and retrieval pick a scene first: how often the right one.
+        report["scene_classification"] = {
+            "n_frames": len(predicted),
+            "accuracy": float(np.mean([p == s for p, s in predicted])),
+        }
     cal = covariance_calibration(outcomes)
     if cal is not None:
         report["calibration"] = cal
@@ -278,6 +288,8 @@ def frames_csv_text(outcomes: Sequence[FrameOutcome]) -> str:
                 "confidence": _fmt(o.confidence),
                 "latency_ms": _fmt(o.latency_ms),
                 "method": o.method,
+                "predicted_scene": str(o.extras.get("predicted_scene") or ""),
+                "status_reason": str(o.extras.get("status_reason") or o.extras.get("reason") or ""),
             }
         )
         w.writerow(row)
