@@ -281,3 +281,15 @@ def test_average_bad_input() -> None:
         average_rotations(np.zeros((0, 3, 3)))
     with pytest.raises(ValueError, match="non-negative"):
         average_rotations(np.stack([np.eye(3)] * 2), np.array([1.0, -1.0]))
+
+
+@SETTINGS
+@given(rotations(), st.integers(0, 2**31 - 1))
+def test_quat_from_noisy_matrix_is_the_closest_rotation(R: np.ndarray, seed: int) -> None:
+    """For a perturbed (non-orthogonal) matrix M the quaternion is that of the rotation closest to M in
+    the Frobenius norm: the SVD projection U diag(1, 1, det(U V^T)) V^T (and scipy's from_matrix)."""
+    M = R + np.random.default_rng(seed).normal(scale=0.05, size=(3, 3))
+    U, _, Vt = np.linalg.svd(M)
+    P = U @ np.diag([1.0, 1.0, np.linalg.det(U @ Vt)]) @ Vt
+    np.testing.assert_allclose(R_from_quat_wxyz(quat_wxyz_from_R(M)), P, atol=1e-9)
+    np.testing.assert_allclose(R_from_quat_wxyz(quat_wxyz_from_R(M)), Rotation.from_matrix(M).as_matrix(), atol=1e-9)
