@@ -262,7 +262,9 @@ def dataset_from_bag(
         # ---------------------------------------------------------------- pass 1: small topics
         graph = FrameGraph()
         pose_samples: list[PoseSample] = []
-        cams: list[tuple[int, PinholeCamera]] = []
+        cams: list[tuple[int, PinholeCamera]] = []  # (stamp, camera) where the calibration changes
+        cam_cache: dict[tuple, PinholeCamera] = {}
+        n_infos = 0
         static_conns = _connections(reader, o.tf_static_topic)
         tf_conns = _connections(reader, o.tf_topic) if o.pose_tf else []
         pose_conns = _connections(reader, o.pose_topic)
@@ -287,7 +289,14 @@ def dataset_from_bag(
                 if conn.id in pose_topic_ids:
                     pose_samples.append(pose_from_msg(msg, conn.msgtype))
                 elif conn.msgtype == CAMERA_INFO_TYPE:
-                    cams.append((stamp_ns(msg.header), camera_from_info(msg)))
+                    # camera_info repeats with every image: build (and check) each distinct one once
+                    key = (msg.width, msg.height, msg.distortion_model, msg.k.tobytes(), msg.d.tobytes(),
+                           msg.binning_x, msg.binning_y, msg.roi.width, msg.roi.height)  # fmt: skip
+                    if key not in cam_cache:
+                        cam_cache[key] = camera_from_info(msg)
+                    if not cams or cams[-1][1] is not cam_cache[key]:
+                        cams.append((stamp_ns(msg.header), cam_cache[key]))
+                    n_infos += 1
                 elif conn.msgtype == TF_TYPE:
                     static = conn.topic == o.tf_static_topic
                     for tr in msg.transforms:
@@ -302,7 +311,7 @@ def dataset_from_bag(
                 summary.malformed[f"{conn.topic}: {err.reason}"] += 1
                 log.debug("%s: %s", conn.topic, err)
 
-        summary.n_camera_infos = len(cams)
+        summary.n_camera_infos = n_infos
         if info_conns and not cams and o.intrinsics_fxfycxcy is None:
             raise BagError(f"{info_topic} has no usable camera_info message (see the counts of malformed messages)")
         cams.sort(key=lambda c: c[0])
