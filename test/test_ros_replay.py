@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from ros_helpers import TINY_CAMERA, tiny_frames, trained_tiny_artifact, write_tiny_bag
 
+from visloc_core.data.layout import DatasetWriter
 from visloc_core.evaluation.report import read_frames_csv
 from visloc_core.geometry import T_from_position_quat_wxyz, pose_errors
 from visloc_core.localizers.loading import load_localizer
@@ -63,7 +64,15 @@ def test_replay_sqlite3_raw_lockstep(tmp_path, artifact):
 
 def test_replay_mcap_compressed(tmp_path, artifact):
     bag, stamps, T_gt = write_tiny_bag(tmp_path / "query", S_VALUES[:5], storage="mcap", compressed=True)
-    report = replay(ReplayOptions(bag=bag, artifact=artifact, out=tmp_path / "report", wait=True))
+    # truth from a dataset (--data) instead of the bag: frames matched by stamp
+    with DatasetWriter(tmp_path / "truth", source={"type": "test"}) as w:
+        w.set_scene("line")
+        for k, (stamp, T, (img, _)) in enumerate(zip(stamps, T_gt, tiny_frames(S_VALUES[:5]), strict=True)):
+            w.add_frame("line", "query", f"{k:04d}", stamp, T, TINY_CAMERA, img)
+        w.set_split("test", ["line/query"])
+    report = replay(
+        ReplayOptions(bag=bag, artifact=artifact, out=tmp_path / "report", wait=True, data=tmp_path / "truth")
+    )
     assert report["n_frames"] == 5 and report["n_localized"] == 5
     T_est, rows = _est_poses(tmp_path / "report" / "frames.csv")
     assert [int(r["stamp_ns"]) for r in rows] == stamps
@@ -80,7 +89,9 @@ def test_replay_mcap_compressed(tmp_path, artifact):
             T_ref.append(loc.localize(np.ascontiguousarray(rgb), TINY_CAMERA, 0).T_world_cam)
     np.testing.assert_allclose(T_est, np.stack(T_ref), atol=1e-5)
     t_err, _ = pose_errors(T_est, np.stack(T_gt))
+    np.testing.assert_allclose([float(r["t_err_m"]) for r in rows], t_err, atol=1e-5)
     assert np.median(t_err) < 0.3  # JPEG q90 at 64x48 costs some accuracy
+    assert "truth" in report["meta"]["replay"]["ground_truth"]
 
 
 def test_static_chain():
