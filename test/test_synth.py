@@ -13,6 +13,7 @@ from synth_scene import ROOM, tiny
 from visloc_core.data import Dataset
 from visloc_core.data.synth import CLASS_IDS, SceneSpecError, apply_overrides, generate, load_scene, parse_scene
 from visloc_core.data.synth.generate import SceneRenderer, plan_sequence
+from visloc_core.data.synth.geometry import clearance_m
 from visloc_core.data.synth.renderer import projection_from_intrinsics
 from visloc_core.data.synth.spec import R_from_rpy
 from visloc_core.data.synth.trajectories import base_pose_at
@@ -276,6 +277,19 @@ def test_presets_queries_leave_the_mapping_path(preset):
         dist = np.linalg.norm(C_q[:, None] - C_map[None], axis=2).min(1)
         assert np.median(dist) > 0.15, f"{spec.sequences[i].name} runs on a mapping path"
     assert any(spec.conditions[spec.sequences[i].condition].people > 0 for i in test)
+    # no camera path runs through furniture, buildings or walls
+    for i in range(len(spec.sequences)):
+        assert clearance_m(spec, plan_sequence(spec, i).T_world_cam[:, :3, 3]).min() > 0.5
+
+
+def test_clearance_against_a_box_and_the_room():
+    d = tiny(actors=[])
+    d["objects"] = [{"name": "b", "shape": "box", "center": [1.0, 0.0, 0.0], "size": [1.0, 2.0, 1.0], "yaw_deg": 90}]
+    spec = parse_scene(d)
+    p = np.array([[1.0, 0.0, 0.5], [2.5, 0.0, 0.5], [1.0, 0.0, 1.5], [0.0, 2.4, 2.0]])
+    # turned 90 deg the box spans x 0..2, y -0.5..0.5: inside (-0.5), 0.5 m beside it, above it (room
+    # ceiling 1.3 m away), 0.1 m from the +y wall
+    np.testing.assert_allclose(clearance_m(spec, p), [-0.5, 0.5, 1.3, 0.1], atol=1e-12)
 
 
 def test_cli_writes_dataset_preview_and_refuses_overwrite(tmp_path, capsys):

@@ -21,7 +21,7 @@ import numpy as np
 from ..layout import DatasetWriter
 from ..png import encode_png
 from .conditions import NoiseBank, apply_sensor_noise
-from .geometry import actor_mesh, actor_pose, static_mesh
+from .geometry import actor_mesh, actor_pose, clearance_m, static_mesh
 from .renderer import Renderer, RenderOutput
 from .spec import CLASS_IDS, CLASSES, ConditionSpec, SceneSpec, SequenceSpec
 from .trajectories import base_pose_at, drifting_odometry, frame_stamps_ns, periods_ns
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 # Salts for the per-purpose random streams (so adding one never shifts another).
 _RNG_NOISE, _RNG_ODOM, _RNG_BANK = 1, 2, 3
+MIN_CLEARANCE_M = 0.3  # camera paths closer than this to a static box or wall get a warning
 
 
 @dataclass
@@ -102,6 +103,7 @@ class SceneRenderer:
             {a.name: actor_mesh(a) for a in spec.actors},
             background_class=background,
             ctx=ctx,
+            sky=spec.kind == "outdoor",
         )
         self.noise = NoiseBank((self.camera.height, self.camera.width, 3), [spec.seed, _RNG_BANK])
 
@@ -213,6 +215,15 @@ def generate(
             bar = tqdm(total=total, desc=f"synth {spec.name}", unit="frame", disable=not progress)
             for idx, seq in enumerate(spec.sequences):
                 plan = plan_sequence(spec, idx)
+                gap = float(clearance_m(spec, plan.T_world_cam[:, :3, 3]).min())
+                if gap < MIN_CLEARANCE_M:
+                    log.warning(
+                        "sequence %s: the camera comes %.2f m from a wall/object (or enters it); "
+                        "move the trajectory or the object in %s",
+                        seq.name,
+                        gap,
+                        spec.source_path,
+                    )
                 w.set_sequence(
                     spec.name,
                     seq.name,

@@ -194,3 +194,29 @@ def actor_pose(actor: ActorSpec, t_s: float) -> np.ndarray:
     T[:3, :3] = [[c, -s, 0], [s, c, 0], [0, 0, 1]]
     T[:2, 3] = p
     return T
+
+
+def clearance_m(scene: SceneSpec, p_world_N3: np.ndarray) -> np.ndarray:
+    """Distance (N,) in metres from each point to the nearest static box (horizontal distance to
+    its footprint, for points between its bottom and top) or, indoors, to the nearest wall, floor
+    or ceiling. Negative inside a box or outside the room. Used to check that camera paths do not
+    pass through furniture or buildings."""
+    p = np.asarray(p_world_N3, dtype=np.float64).reshape(-1, 3)
+    best = np.full(len(p), np.inf)
+    if scene.room is not None:
+        lx, ly, h = (float(v) for v in scene.room["size"])
+        inside = np.stack([lx / 2 - np.abs(p[:, 0]), ly / 2 - np.abs(p[:, 1]), p[:, 2], h - p[:, 2]], 1)
+        best = np.minimum(best, inside.min(1))
+    for o in scene.objects:
+        if o.shape != "box":
+            continue
+        c, yaw = o.center, math.radians(o.yaw_deg)
+        d = p[:, :2] - c[:2]
+        cs, sn = math.cos(yaw), math.sin(yaw)
+        local = np.stack([cs * d[:, 0] + sn * d[:, 1], -sn * d[:, 0] + cs * d[:, 1]], 1)
+        q = np.abs(local) - o.size[:2] / 2
+        outside = np.linalg.norm(np.maximum(q, 0.0), axis=1)
+        dist = np.where(np.all(q <= 0, axis=1), q.max(1), outside)  # signed: negative inside
+        in_height = (p[:, 2] >= c[2]) & (p[:, 2] <= c[2] + o.size[2])
+        best = np.minimum(best, np.where(in_height, dist, np.inf))
+    return best

@@ -78,7 +78,7 @@ void main() {
 _BG_VERTEX = """
 #version 330
 in vec2 in_xy;
-void main() { gl_Position = vec4(in_xy, 0.0, 1.0); }
+void main() { gl_Position = vec4(in_xy, 1.0, 1.0); }  // z = w: the far plane
 """
 
 # Background: a sky gradient by the elevation of each pixel's ray; depth 0 (= no hit).
@@ -146,7 +146,7 @@ class Renderer:
 
     ``static_mesh``: (N, VERTEX_FLOATS) world-frame triangles; ``actor_meshes``: name ->
     actor-local triangles, placed per frame by ``T_world_actor``. ``background_class`` fills pixels
-    that hit nothing (sky outdoors, void indoors).
+    that hit nothing (sky outdoors, void indoors); ``sky=False`` leaves them black (closed rooms).
     """
 
     def __init__(
@@ -157,6 +157,7 @@ class Renderer:
         actor_meshes: dict[str, np.ndarray] | None = None,
         background_class: int = 0,
         ctx=None,
+        sky: bool = True,
     ) -> None:
         import moderngl
 
@@ -179,6 +180,9 @@ class Renderer:
         self._bg_vbo = ctx.buffer(bg.tobytes())
         self._bg_vao = ctx.vertex_array(self.bg_prog, [(self._bg_vbo, "2f", "in_xy")])
         self.background_class = int(background_class)
+        # Without sky (closed rooms) the background pass is skipped: clearing all targets to 0 gives
+        # black, depth 0 (= no hit) and class 0 (void) directly, one full-screen pass less.
+        self.sky = bool(sky) or self.background_class != 0
         size = (self.width, self.height)
         self._color = ctx.renderbuffer(size, 4, dtype="f1")
         self._depth = ctx.renderbuffer(size, 1, dtype="f4")
@@ -220,17 +224,11 @@ class Renderer:
         ctx.viewport = (0, 0, self.width, self.height)
         ctx.disable(moderngl.CULL_FACE)
         T_cam_world = invert_T(np.asarray(T_world_cam, dtype=np.float64))
-        # background: no depth test/write, then geometry with the depth test
-        ctx.disable(moderngl.DEPTH_TEST)
-        self.fbo.clear(depth=1.0)
-        Kinv = np.linalg.inv(camera.K)
-        self.bg_prog["u_world_from_pixel"].write((T_world_cam[:3, :3] @ Kinv).T.astype("f4").tobytes())
-        self.bg_prog["u_zenith"].value = tuple(cond.sky_zenith)
-        self.bg_prog["u_horizon"].value = tuple(cond.sky_horizon)
-        self.bg_prog["u_class"].value = self.background_class
-        self.bg_prog["u_exposure"].value = float(cond.exposure)
-        self._bg_vao.render(moderngl.TRIANGLES)
+        # geometry first (depth test), then the sky only where nothing was drawn (see below)
         ctx.enable(moderngl.DEPTH_TEST)
+        ctx.depth_func = "<"
+        self.fbo.depth_mask = True
+        self.fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
         p = self.prog
         p["u_proj"].write(projection_from_intrinsics(camera, near, far).T.astype("f4").tobytes())
         p["u_cam_pos"].value = tuple(float(x) for x in T_world_cam[:3, 3])
@@ -252,6 +250,21 @@ class Renderer:
             p["u_cam_from_obj"].write((T_cam_world @ T_world_obj).T.astype("f4").tobytes())
             p["u_world_from_obj"].write(T_world_obj.T.astype("f4").tobytes())
             self._vaos[name][1].render(moderngl.TRIANGLES)
+        if self.sky:
+            # The sky triangle lies at window depth 1 (the far plane); with "<=" against the
+            # cleared depth 1 it only shades pixels no geometry covered (early depth rejection
+            # skips the rest), and it does not write depth.
+            Kinv = np.linalg.inv(camera.K)
+            self.bg_prog["u_world_from_pixel"].write((T_world_cam[:3, :3] @ Kinv).T.astype("f4").tobytes())
+            self.bg_prog["u_zenith"].value = tuple(cond.sky_zenith)
+            self.bg_prog["u_horizon"].value = tuple(cond.sky_horizon)
+            self.bg_prog["u_class"].value = self.background_class
+            self.bg_prog["u_exposure"].value = float(cond.exposure)
+            ctx.depth_func = "<="
+            self.fbo.depth_mask = False
+            self._bg_vao.render(moderngl.TRIANGLES)
+            self.fbo.depth_mask = True
+            ctx.depth_func = "<"
 
     def read(self) -> RenderOutput:
         """Read back the three targets of the last draw (row 0 = top image row, OpenCV v = 0)."""
