@@ -121,12 +121,15 @@ def bench_case(preset: str, width: int, height: int, frames: int, generate_frame
         one = replace(spec, sequences=[replace(spec.sequences[idx], n_frames=generate_frames)])
         tmp = Path(tempfile.mkdtemp(prefix="visloc-bench-render-"))
         try:
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             generate(one, tmp / "ds", progress=False)
             dt = time.perf_counter() - t0
+            cpu = time.process_time() - c0
             out["generate"] = {
                 "frames": generate_frames,
                 "seconds": dt,
+                "cpu_seconds": cpu,
+                "fps_per_cpu_second": generate_frames / cpu if cpu > 0 else None,
                 "fps_overall": generate_frames / dt,
                 "ratio_to_target": generate_frames / dt / TARGET_FPS,
                 "note": "includes renderer setup, PNG encoding of rgb/depth/classes and the dataset commit",
@@ -161,6 +164,7 @@ def run(args: argparse.Namespace) -> dict:
             "render_readback_fps": round(c["render_readback"]["fps_median"], 1),
             "frame_fps": round(c["frame"]["fps_median"], 1),
             "generate_fps": round(c["generate"]["fps_overall"], 1) if "generate" in c else None,
+            "generate_fps_per_cpu_second": round(c["generate"]["fps_per_cpu_second"], 1) if "generate" in c else None,
             "readback_ratio_to_100fps": round(c["render_readback"]["ratio_to_target"], 2),
             "render_readback_fps_per_cpu_second": round(c["render_readback"]["fps_per_cpu_second"], 1),
             "frame_fps_per_cpu_second": round(c["frame"]["fps_per_cpu_second"], 1),
