@@ -84,8 +84,8 @@ def test_direction_only_triangulation_and_ablation(xfeat_map, room):
     # Without depth (PnP off) the centre comes from the multi-reference triangulation of the
     # hypothesis filter; without filtering, from the top-2 pair only.
     # (accuracy of this path is measured at 320x240 by `visloc bench relpose`; at 160x120 the
-    # translation directions are too noisy for the 10-degree consistency test, so most queries fall
-    # back: here we check the plumbing and the fallback contract.)
+    # translation directions are noisy, so queries may fall back: here we check the plumbing and the
+    # fallback contract.)
     loc = RelposeLocalizer(xfeat_map, overrides={"estimator": {"pnp": False}})
     for _, res, t, _ in _evaluate(loc, room):
         assert res.status == Status.LOCALIZED and not res.extras["metric"]
@@ -93,7 +93,7 @@ def test_direction_only_triangulation_and_ablation(xfeat_map, room):
             top = loc.keyframes[[kf.key for kf in loc.keyframes].index(res.reference_ids[0])]
             np.testing.assert_array_equal(res.T_world_cam, top.T_world_cam)
         else:
-            assert len(res.extras["inlier_references"]) >= 3 and t < 1.0
+            assert len(res.extras["inlier_references"]) >= 2 and t < 1.0
     plain = RelposeLocalizer(xfeat_map, overrides={"estimator": {"pnp": False}, "filtering": {"enabled": False}})
     for _, res, _, _ in _evaluate(plain, room):
         assert res.extras["hypotheses"] <= 1
