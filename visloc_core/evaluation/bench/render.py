@@ -44,7 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", nargs="+", default=["320x240", "640x480"], help="image sizes WxH")
     parser.add_argument("--frames", type=int, default=200, help="timed frames per case (after 10 warm-up frames)")
     parser.add_argument(
-        "--generate-frames", type=int, default=60, help="frames of the full generate() run per case (0 = skip)"
+        "--generate-frames",
+        type=int,
+        default=200,
+        help="frames of the full generate() run per case, setup included (0 = skip)",
     )
 
 
