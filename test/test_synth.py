@@ -321,6 +321,19 @@ def test_cli_writes_dataset_preview_and_refuses_overwrite(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
+def test_several_scenes_make_one_dataset(tmp_path):
+    a = parse_scene(tiny(actors=[]))
+    b = parse_scene(tiny(name="tiny2", description="another room", actors=[], seed=5))
+    ds = Dataset(generate([a, b], tmp_path / "ds", preview=True, progress=False))
+    assert ds.scenes == ["tiny", "tiny2"]
+    assert ds.scene_info("tiny2")["description"] == "another room"
+    assert sorted(s.key for s in ds.sequences("train")) == ["tiny/map", "tiny2/map"]
+    assert len(ds.frames("test", scene="tiny2")) == 2
+    assert (tmp_path / "ds" / "preview.png").is_file()
+    with pytest.raises(ValueError, match="distinct names"):
+        generate([a, a], tmp_path / "dup", progress=False)
+
+
 def test_apply_overrides_keeps_field_of_view():
     spec = load_scene("indoor_room")
     small = apply_overrides(spec, size=(160, 120), max_frames=7)

@@ -24,6 +24,7 @@ EPILOG = """\
 examples:
   visloc synth indoor_room --out data/indoor --preview
   visloc synth config/scenes/plaza.yaml --out data/plaza --bag bags/ --storage mcap --size 640x480
+  visloc synth indoor_room plaza --out data/two_scenes          (one dataset, two scenes)
 
 writes DATASET (visloc layout: rgb, metric depth, semantic classes, T_world_cam, intrinsics;
 split train = mapping sequences, test = query sequences, each with its appearance condition) and,
@@ -35,7 +36,12 @@ of sequences finished before an interruption are kept, the unfinished one is rem
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("scene", metavar="SCENE.yaml", help="scene file, or a preset name from config/scenes/")
+    parser.add_argument(
+        "scene",
+        metavar="SCENE.yaml",
+        nargs="+",
+        help="scene file, or a preset name from config/scenes/; several make one multi-scene dataset",
+    )
     parser.add_argument("--out", required=True, metavar="DATASET", help="dataset folder to create (visloc layout)")
     parser.add_argument(
         "--bag",
@@ -82,13 +88,15 @@ def run(args: argparse.Namespace) -> int:
     from ..data.synth import apply_overrides, generate, load_scene
     from ..data.synth.renderer import RendererUnavailableError
 
-    spec = load_scene(args.scene)
-    if args.seed is not None:
-        spec.seed = int(args.seed)
-    spec = apply_overrides(spec, size=args.size, max_frames=args.max_frames)
+    specs = []
+    for scene in args.scene:
+        spec = load_scene(scene)
+        if args.seed is not None:
+            spec.seed = int(args.seed)
+        specs.append(apply_overrides(spec, size=args.size, max_frames=args.max_frames))
     try:
         out = generate(
-            spec,
+            specs,
             args.out,
             bag_dir=args.bag,
             storage=args.storage,

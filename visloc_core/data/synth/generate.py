@@ -141,7 +141,7 @@ class SceneRenderer:
 
 
 def generate(
-    spec: SceneSpec,
+    spec: SceneSpec | list[SceneSpec],
     out: str | Path,
     bag_dir: str | Path | None = None,
     storage: str = "sqlite3",
@@ -152,7 +152,8 @@ def generate(
     on_frame: Callable[[SequencePlan, int, RenderOutput], None] | None = None,
     png_level: int = 0,
 ) -> Path:
-    """Render every sequence of ``spec`` into the dataset ``out`` (atomic: temp folder, then rename).
+    """Render every sequence of ``spec`` (one scene, or several into one multi-scene dataset) into
+    the dataset ``out`` (atomic: temp folder, then rename).
 
     With ``bag_dir``, also writes ``bag_dir/<scene>_<sequence>/`` per sequence (rosbag2, storage
     ``sqlite3`` or ``mcap``, raw rgb8 or ``compressed`` JPEG images), each atomically. Existing
@@ -161,24 +162,96 @@ def generate(
     """
     from tqdm import tqdm
 
+    specs = [spec] if isinstance(spec, SceneSpec) else list(spec)
+    names = [s.name for s in specs]
+    if not specs or len(set(names)) != len(names):
+        raise ValueError(f"give one or more scenes with distinct names, got {names}")
     out = Path(out)
-    bag_paths: dict[str, Path] = {}
+    bag_paths: dict[tuple[str, str], Path] = {}
     if bag_dir is not None:
         from ..bags.write import STORAGES
 
         if storage not in STORAGES:
             raise ValueError(f"--storage must be one of {', '.join(STORAGES)}, got {storage!r}")
         bag_dir = Path(bag_dir)
-        for s in spec.sequences:
-            p = bag_dir / f"{spec.name}_{s.name}"
-            if p.exists() and not overwrite:
-                raise FileExistsError(f"bag {p} exists; pass --overwrite or choose another --bag folder")
-            bag_paths[s.name] = p
+        for sp in specs:
+            for s in sp.sequences:
+                p = bag_dir / f"{sp.name}_{s.name}"
+                if p.exists() and not overwrite:
+                    raise FileExistsError(f"bag {p} exists; pass --overwrite or choose another --bag folder")
+                bag_paths[(sp.name, s.name)] = p
     if not 0 <= int(png_level) <= 9:
         raise ValueError(f"--png-level must be 0..9, got {png_level}")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
 
+    source = {
+        "type": "synth",
+        "scene_files": [sp.source_path for sp in specs],
+        "scenes": names,
+        "seeds": [sp.seed for sp in specs],
+        "sizes": [[sp.camera.width, sp.camera.height] for sp in specs],
+    }
+    if len(specs) == 1:  # the single-scene keys too, the common case
+        cam0 = specs[0].camera
+        source.update(
+            scene_file=specs[0].source_path, scene=names[0], seed=specs[0].seed, size=[cam0.width, cam0.height]
+        )
+    writer = _WriterThread()
+    samples: dict[str, list] = {}
+    splits: dict[str, list[str]] = {}
+    total = sum(s.n_frames for sp in specs for s in sp.sequences)
+    bar = tqdm(total=total, desc="synth " + "+".join(names), unit="frame", disable=not progress)
+    try:
+        with DatasetWriter(out, source=source, overwrite=overwrite) as w:
+            w.set_classes(CLASSES)
+            for sp in specs:
+                _generate_scene(
+                    sp,
+                    w,
+                    writer,
+                    bar,
+                    splits,
+                    samples,
+                    bag_paths,
+                    storage,
+                    compressed,
+                    png_level,
+                    on_frame,
+                    overwrite,
+                    multi=len(specs) > 1,
+                )
+            bar.close()
+            for split, keys in splits.items():
+                w.set_split(split, keys)
+            if preview:
+                from .preview import write_contact_sheet
+
+                far = max(float(np.linalg.norm(np.subtract(_extent(sp)["max"], _extent(sp)["min"]))) for sp in specs)
+                title = ", ".join(f"{sp.name} (seed {sp.seed})" for sp in specs)
+                write_contact_sheet(samples, w.tmp / "preview.png", title=title, depth_range=(0.3, far))
+    finally:
+        bar.close()
+        writer.close()
+    return out
+
+
+def _generate_scene(
+    spec: SceneSpec,
+    w: DatasetWriter,
+    writer: _WriterThread,
+    bar,
+    splits: dict[str, list[str]],
+    samples: dict[str, list],
+    bag_paths: dict[tuple[str, str], Path],
+    storage: str,
+    compressed: bool,
+    png_level: int,
+    on_frame,
+    overwrite: bool,
+    multi: bool,
+) -> None:
+    """All sequences of one scene into the open dataset writer (and bags)."""
     cam = spec.camera.pinhole()
     log.info(
         "synth %s: %d sequences, %d frames at %dx%d, seed %d",
@@ -189,100 +262,74 @@ def generate(
         cam.height,
         spec.seed,
     )
-    source = {
-        "type": "synth",
-        "scene_file": spec.source_path,
-        "scene": spec.name,
-        "seed": spec.seed,
-        "size": [cam.width, cam.height],
-    }
+    w.set_scene(
+        spec.name,
+        description=spec.description,
+        kind=spec.kind,
+        extent=_extent(spec),
+        T_base_optical=spec.T_base_optical.tolist(),
+        frames={"map": "map", "odom": "odom", "base": "base_link", "camera": "camera_optical_frame"},
+    )
     sr = SceneRenderer(spec)
-    writer = _WriterThread()
-    samples: dict[str, list] = {}
     try:
-        with DatasetWriter(out, source=source, overwrite=overwrite) as w:
-            w.set_classes(CLASSES)
-            w.set_scene(
-                spec.name,
-                description=spec.description,
-                kind=spec.kind,
-                extent=_extent(spec),
-                T_base_optical=spec.T_base_optical.tolist(),
-                frames={"map": "map", "odom": "odom", "base": "base_link", "camera": "camera_optical_frame"},
-            )
-            splits: dict[str, list[str]] = {}
-            total = sum(s.n_frames for s in spec.sequences)
-            bar = tqdm(total=total, desc=f"synth {spec.name}", unit="frame", disable=not progress)
-            for idx, seq in enumerate(spec.sequences):
-                plan = plan_sequence(spec, idx)
-                gap = float(clearance_m(spec, plan.T_world_cam[:, :3, 3]).min())
-                if gap < MIN_CLEARANCE_M:
-                    log.warning(
-                        "sequence %s: the camera comes %.2f m from a wall/object (or enters it); "
-                        "move the trajectory or the object in %s",
-                        seq.name,
-                        gap,
-                        spec.source_path,
-                    )
-                w.set_sequence(
-                    spec.name,
+        for idx, seq in enumerate(spec.sequences):
+            plan = plan_sequence(spec, idx)
+            gap = float(clearance_m(spec, plan.T_world_cam[:, :3, 3]).min())
+            if gap < MIN_CLEARANCE_M:
+                log.warning(
+                    "sequence %s: the camera comes %.2f m from a wall/object (or enters it); "
+                    "move the trajectory or the object in %s",
                     seq.name,
-                    condition=seq.condition,
-                    split=seq.split,
-                    actors=plan.actors,
-                    rate_hz=spec.camera.rate_hz,
+                    gap,
+                    spec.source_path,
                 )
-                splits.setdefault(seq.split, []).append(f"{spec.name}/{seq.name}")
-                bag = None
-                if bag_dir is not None:
-                    from ..bags.write import SequenceBagWriter
+            w.set_sequence(
+                spec.name,
+                seq.name,
+                condition=seq.condition,
+                split=seq.split,
+                actors=plan.actors,
+                rate_hz=spec.camera.rate_hz,
+            )
+            splits.setdefault(seq.split, []).append(f"{spec.name}/{seq.name}")
+            bag = None
+            if bag_paths:
+                from ..bags.write import SequenceBagWriter
 
-                    bag = SequenceBagWriter(
-                        bag_paths[seq.name],
-                        camera=cam,
-                        T_base_cameralink=spec.T_base_cameralink,
-                        storage=storage,
-                        compressed=compressed,
-                        overwrite=overwrite,
-                    )
-                try:
-                    if bag is not None:
-                        bag.set_odometry(plan.odom_stamps_ns, plan.T_odom_base, plan.T_map_odom)
-                    pick = {int(k * seq.n_frames / 3) for k in range(3)}  # 0, 1/3, 2/3: loops end where they start
-                    for i in range(seq.n_frames):
-                        frame = sr.render_frame(plan, i)
-                        # encoding and writing run on the writer thread, overlapping the next render
-                        writer.submit(_write_frame, w, spec, plan, i, cam, frame, png_level)
-                        if bag is not None:  # here: rosbags' sqlite3 connection belongs to this thread
-                            bag.write_frame(int(plan.stamps_ns[i]), frame.rgb_HW3, plan.T_map_base[i])
-                        if on_frame is not None:
-                            on_frame(plan, i, frame)
-                        if i in pick:
-                            samples.setdefault(seq.name, []).append((seq.condition, frame))
-                        bar.update(1)
-                    writer.drain()
-                except BaseException:
-                    writer.drain(raise_errors=False)
-                    if bag is not None:
-                        bag.abort()
-                    raise
+                bag = SequenceBagWriter(
+                    bag_paths[(spec.name, seq.name)],
+                    camera=cam,
+                    T_base_cameralink=spec.T_base_cameralink,
+                    storage=storage,
+                    compressed=compressed,
+                    overwrite=overwrite,
+                )
+            try:
                 if bag is not None:
-                    bag.close()
-            bar.close()
-            for split, keys in splits.items():
-                w.set_split(split, keys)
-            if preview:
-                from .preview import write_contact_sheet
-
-                ext = _extent(spec)
-                far = float(np.linalg.norm(np.subtract(ext["max"], ext["min"])))
-                write_contact_sheet(
-                    samples, w.tmp / "preview.png", title=f"{spec.name} (seed {spec.seed})", depth_range=(0.3, far)
-                )
+                    bag.set_odometry(plan.odom_stamps_ns, plan.T_odom_base, plan.T_map_odom)
+                pick = {int(k * seq.n_frames / 3) for k in range(3)}  # 0, 1/3, 2/3: loops end where they start
+                key = f"{spec.name}/{seq.name}" if multi else seq.name  # preview row label
+                for i in range(seq.n_frames):
+                    frame = sr.render_frame(plan, i)
+                    # encoding and writing run on the writer thread, overlapping the next render
+                    writer.submit(_write_frame, w, spec, plan, i, cam, frame, png_level)
+                    if bag is not None:  # here: rosbags' sqlite3 connection belongs to this thread
+                        bag.write_frame(int(plan.stamps_ns[i]), frame.rgb_HW3, plan.T_map_base[i])
+                    if on_frame is not None:
+                        on_frame(plan, i, frame)
+                    if i in pick:
+                        samples.setdefault(key, []).append((seq.condition, frame))
+                    bar.update(1)
+                writer.drain()
+            except BaseException:
+                writer.drain(raise_errors=False)
+                if bag is not None:
+                    bag.abort()
+                raise
+            if bag is not None:
+                bag.close()
     finally:
-        writer.close()
         sr.release()
-    return out
 
 
 def _write_frame(
