@@ -172,3 +172,16 @@ def test_finetune_gem_reduces_triplet_loss(room_images):
     after = mean_violation()
     assert stats["triplets"] > 0 and desc.modified
     assert after < before, (before, after)
+
+
+def test_netvlad_fit_describe_roundtrip(room_images, tmp_path):
+    images, _ = room_images
+    desc = build_descriptor({"name": "netvlad", "clusters": 8, "image_size": [96, 64]})
+    assert desc.needs_fit()
+    desc.fit(images[:6])
+    assert not desc.needs_fit() and desc.dim == 8 * desc.net.backbone.channels[16]
+    v = desc.describe(images[0])
+    assert v.shape == (desc.dim,) and abs(np.linalg.norm(v) - 1) < 1e-5
+    desc.save(tmp_path / "nv")
+    assert (tmp_path / "nv" / "weights.pt").is_file()  # fitted clusters differ from the package weights
+    np.testing.assert_allclose(load_descriptor(tmp_path / "nv").describe(images[0]), v, atol=1e-5)

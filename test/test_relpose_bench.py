@@ -1,0 +1,42 @@
+"""`visloc bench relpose` end to end on a tiny rendered dataset (measures; no timed assertions)."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from relpose_scene import write_dataset
+
+from visloc_core.evaluation.bench import BENCHMARKS, relpose
+
+
+def test_bench_relpose_runs_and_reports_ratios(tmp_path, monkeypatch):
+    assert BENCHMARKS["relpose"] == "relpose"
+    data = write_dataset(tmp_path / "room", n_train=12, n_test=3, size=(160, 120))
+    p = argparse.ArgumentParser()
+    relpose.add_arguments(p)
+    args = p.parse_args(["--data", str(data), "--work", str(tmp_path / "w"), "--solvers", "--solver-pairs", "3"])
+    # small images for the test: the configs' processing size is 320x240
+    from visloc_core.localizers.relpose import mapping
+
+    orig = mapping.load_config
+
+    def small(path):
+        cfg = orig(path)
+        cfg["image_size"] = None
+        cfg["descriptor"]["clusters"] = 16
+        return cfg
+
+    monkeypatch.setattr(mapping, "load_config", small)
+    res = relpose.run(args)
+    for name in ("xfeat", "sift"):
+        r = res[name]
+        assert r["n_frames"] == 3
+        assert {"retrieval", "features", "matching", "geometry", "filtering", "total"} <= set(r["stage_ms"])
+        assert r["latency_ms"]["median"] > 0
+    # the ratio fields are what they say
+    assert np.isclose(res["speed_ratio"], res["sift"]["latency_ms"]["median"] / res["xfeat"]["latency_ms"]["median"])
+    assert res["speed_ratio_per_query_median"] > 0
+    # the solver comparison recovers the synthetic poses (noise 0.5 px): poselib within a degree
+    assert res["solvers"]["poselib"]["median_rotation_deg"] < 1.0
+    assert res["solvers"]["poselib"]["failures"] == 0
