@@ -531,6 +531,12 @@ def dataset_from_bag(
                     f"{summary.n_without_depth} frames written without depth (no valid depth image within "
                     f"{o.depth_max_dt_s} s of their stamp)"
                 )
+            n_dup = summary.skipped.get("duplicate image stamp", 0)
+            if n_dup > summary.n_image_messages // 2:
+                summary.notes.append(
+                    f"{n_dup} of {summary.n_image_messages} images repeat an earlier header stamp: the camera "
+                    "driver may not stamp its images (header.stamp), which from-bag needs to match poses"
+                )
             if summary.n_frames == 0:
                 raise BagError(
                     "no frame could be written:\n"

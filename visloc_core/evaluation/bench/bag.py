@@ -230,7 +230,7 @@ def run(args: argparse.Namespace) -> dict:
                 shutil.rmtree(out, ignore_errors=True)
             p, c = float(np.median(plain_s)), float(np.median(conv_s))
             results[name] = {
-                "bag": str(bag),
+                "bag": str(bag) if (args.bag or args.work) else "(generated in a temporary folder, removed)",
                 "image_messages": n_msgs,
                 "frames_written": n_frames,
                 "image_payload_mb": payload / 1e6,
