@@ -261,7 +261,7 @@ def test_spec_errors_name_the_problem(change, message):
         parse_scene(tiny(**change), "tiny.yaml")
 
 
-@pytest.mark.parametrize("preset", ["indoor_room", "plaza"])
+@pytest.mark.parametrize("preset", ["indoor_room", "large_hall", "plaza"])
 def test_presets_queries_leave_the_mapping_path(preset):
     spec = load_scene(preset)
     assert spec.description and len(spec.description) > 100

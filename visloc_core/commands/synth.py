@@ -1,6 +1,6 @@
 """``visloc synth SCENE.yaml --out DATASET [--bag BAGDIR]``: render a synthetic scene into a dataset.
 
-Presets live in config/scenes/ (``indoor_room``, ``plaza``); a bare preset name works as SCENE.
+Presets live in config/scenes/ (``indoor_room``, ``large_hall``, ``plaza``); a bare preset name works as SCENE.
 """
 
 from __future__ import annotations
