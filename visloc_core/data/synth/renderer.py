@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from .conditions import sun_direction
 from .geometry import VERTEX_FLOATS
 from .spec import ConditionSpec
 from .textures import TEXTURE_SIZE, texture_stack
+
+if TYPE_CHECKING:
+    import moderngl
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +132,7 @@ class RendererUnavailableError(RuntimeError):
     """No headless OpenGL (EGL) context could be made; the message says what to install."""
 
 
-def create_context():
+def create_context() -> moderngl.Context:
     """A standalone headless GL 3.3 context (EGL). Raises with the install hint when EGL is missing."""
     import moderngl
 
@@ -162,6 +166,7 @@ class Renderer:
         import moderngl
 
         self.width, self.height = int(width), int(height)
+        self._own_ctx = ctx is None  # release() closes a context made here, not one passed in
         self.ctx = ctx or create_context()
         ctx = self.ctx
         self.prog = ctx.program(vertex_shader=_VERTEX, fragment_shader=_FRAGMENT)
@@ -297,3 +302,5 @@ class Renderer:
         self.texture.release()
         self.prog.release()
         self.bg_prog.release()
+        if self._own_ctx:
+            self.ctx.release()

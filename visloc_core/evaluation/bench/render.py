@@ -1,6 +1,6 @@
 """``visloc bench render``: synthetic rendering speed of each scene preset, as frames/s.
 
-For every preset (``--presets``, default indoor_room and plaza) and size (``--sizes``, default
+For every preset (``--presets``, default indoor_room, large_hall and plaza) and size (``--sizes``, default
 320x240 and 640x480) the poses of the preset's first mapping sequence are rendered ``--frames``
 times, the first three interleaved frame by frame, four ways:
 
@@ -39,7 +39,10 @@ TARGET_FPS = 100.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--presets", nargs="+", default=["indoor_room", "plaza"], help="scene presets or YAML files to time"
+        "--presets",
+        nargs="+",
+        default=["indoor_room", "large_hall", "plaza"],
+        help="scene presets or YAML files to time",
     )
     parser.add_argument("--sizes", nargs="+", default=["320x240", "640x480"], help="image sizes WxH")
     parser.add_argument("--frames", type=int, default=200, help="timed frames per case (after 10 warm-up frames)")
