@@ -154,7 +154,7 @@ def test_finetune_gem_reduces_triplet_loss(room_images):
     from visloc_core.models.descriptors import finetune_gem
 
     images, poses = room_images
-    desc = build_descriptor({"name": "gem", "image_size": [96, 64]})
+    desc = build_descriptor({"name": "gem", "image_size": [64, 48]})
     pos, neg = pose_pairs(poses, pos_m=1.0, pos_deg=50, neg_m=1.5)
 
     def mean_violation() -> float:
@@ -168,7 +168,7 @@ def test_finetune_gem_reduces_triplet_loss(room_images):
         return float(np.mean(v))
 
     before = mean_violation()
-    stats = finetune_gem(desc, images, poses, epochs=3, lr=1e-4, pos_m=1.0, pos_deg=50, neg_m=1.5, batch_size=12)
+    stats = finetune_gem(desc, images, poses, epochs=2, lr=1e-4, pos_m=1.0, pos_deg=50, neg_m=1.5, batch_size=12)
     after = mean_violation()
     assert stats["triplets"] > 0 and desc.modified
     assert after < before, (before, after)
