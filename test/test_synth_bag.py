@@ -172,3 +172,18 @@ def test_runs_are_deterministic_and_storages_hold_the_same_messages(bag_run):
     for seq in ("tiny_map", "tiny_query_night"):
         a, b = raw(runs["sqlite3"][1] / seq), raw(runs["mcap"][1] / seq)
         assert len(a) > 10 and a == b
+
+
+def test_interruption_keeps_finished_bags_and_no_partial_output(tmp_path):
+    spec = parse_scene(copy.deepcopy(TINY), "tiny.yaml")
+
+    def stop(plan, i, frame):
+        if plan.seq.name == "query_night" and i == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate(spec, tmp_path / "ds", bag_dir=tmp_path / "bags", progress=False, on_frame=stop)
+    assert not (tmp_path / "ds").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary dataset
+    assert sorted(p.name for p in (tmp_path / "bags").iterdir()) == ["tiny_map"]  # finished sequence only
+    assert len(_read_bag(tmp_path / "bags" / "tiny_map")["/camera/image_raw"]) == 3
