@@ -165,23 +165,36 @@ def run(args: argparse.Namespace) -> dict:
             if not proc.alive() or time.monotonic() > t_end:
                 raise RuntimeError(f"the node did not activate; see {tmp / 'node.log'}")
             time.sleep(0.05)
-        info_pub.publish(conv.camera_to_camera_info(camera))
-        time.sleep(0.5)
+        info = conv.camera_to_camera_info(camera)
         msgs = [conv.rgb_to_image(img, "rgb8") for img in images]
+        missed = [0]
 
         def send(k: int, wait: bool) -> float:
+            # camera_info with every image, as camera drivers do (a single one can be lost while
+            # DDS discovery completes: the node then reports "no camera_info" and drops the image)
+            stamp = conv.ns_to_stamp(1_000_000_000 + k)
+            info.header.stamp = stamp
+            info_pub.publish(info)
             m = msgs[k % len(msgs)]
-            m.header.stamp = conv.ns_to_stamp(1_000_000_000 + k)
+            m.header.stamp = stamp
             t_pub = time.perf_counter()
             image_pub.publish(m)
             if wait:
-                t_stop = time.monotonic() + 30.0
+                t_stop = time.monotonic() + 10.0
                 while (1_000_000_000 + k) not in results and time.monotonic() < t_stop:
                     time.sleep(0.0002)
+                missed[0] = 0 if (1_000_000_000 + k) in results else missed[0] + 1
+                if missed[0] >= 5:
+                    raise RuntimeError(
+                        f"the node stopped answering (5 frames without a result); see {tmp / 'node.log'}"
+                    )
             return t_pub
 
-        for k in range(5):  # warm-up
-            send(k, True)
+        for k in range(5):  # warm-up (the first frames may arrive before the first camera_info)
+            t_stop = time.monotonic() + 10.0
+            send(k, False)
+            while (1_000_000_000 + k) not in results and time.monotonic() < t_stop:
+                time.sleep(0.001)
         e2e, node_ms, own_ms, paired, in_node = [], [], [], [], []
         for k in range(5, 5 + args.latency_frames):
             t_pub = send(k, True)
