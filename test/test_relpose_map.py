@@ -143,7 +143,7 @@ def test_vlad_retrieval_shares_query_features(room, tmp_path):
     # and the result is identical to extracting them twice.
     cfg = load_config(CFG)
     cfg["image_size"] = None
-    cfg["descriptor"] = {"name": "xfeat_vlad", "clusters": 16, "top_k": 1024, "detection_threshold": 0.05}
+    cfg["descriptor"] = {"name": "xfeat_vlad", "clusters": 16, "top_k": 512, "detection_threshold": 0.05}
     loc = load_localizer(build_map(cfg, room, tmp_path / "vlad", progress=False))
     assert loc.shared_features
     ds = Dataset(room)
