@@ -27,6 +27,8 @@ T_map_base(t) @ inv(T_odom_base(t)) at the image stamp t, T_odom_base interpolat
 odometry (or looked up in tf2 when installed), post-dated by ``transform_tolerance``; otherwise
 map->base (or map->camera) at the image stamp.
 
+Parameters are read at ``configure`` (nav2 style); to change one, deactivate, cleanup, set it, configure.
+
 Newest-frame policy: the image callback only drops the message into a one-slot mailbox; a worker
 thread localizes whatever is newest. A frame replaced before the worker took it counts as dropped.
 """
@@ -117,6 +119,7 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "autostart": (False, "configure and activate at start-up (for runs without a launch file)"),
 }
 
+_MISSING = object()
 _DIAG_LEVEL = {"ok": DiagnosticStatus.OK, "warn": DiagnosticStatus.WARN, "error": DiagnosticStatus.ERROR}
 
 
@@ -172,6 +175,7 @@ class LocalizerNode(LifecycleNode):
         for name, (default, description) in PARAMETERS.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=description))
         self.localizer: Localizer | None = None
+        self._param_cache: dict = {}
         self._lock = threading.Lock()
         self._counts = _Counters()
         self._prev_counts = (0, 0, time.monotonic())
@@ -202,7 +206,10 @@ class LocalizerNode(LifecycleNode):
     # ------------------------------------------------------------------------------- parameters
 
     def _p(self, name: str):
-        return self.get_parameter(name).value
+        # Parameters are read at configure (as nav2 nodes do): change them, then cleanup + configure.
+        # The cache also keeps rclpy's parameter lookups off the per-frame path.
+        cached = self._param_cache.get(name, _MISSING)
+        return self.get_parameter(name).value if cached is _MISSING else cached
 
     def _T_base_cam_from_params(self) -> np.ndarray:
         t = np.asarray(self._p("base_to_camera_translation"), dtype=np.float64)
@@ -220,6 +227,7 @@ class LocalizerNode(LifecycleNode):
     # -------------------------------------------------------------------------------- lifecycle
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._param_cache = {name: self.get_parameter(name).value for name in PARAMETERS}
         model = str(self._p("model"))
         if not model:
             self.get_logger().error(
@@ -343,6 +351,7 @@ class LocalizerNode(LifecycleNode):
         return super().on_shutdown(state)
 
     def _release(self) -> None:
+        self._param_cache = {}
         for sub in self._aux_subs:
             self.destroy_subscription(sub)
         self._aux_subs = []
