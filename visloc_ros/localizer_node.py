@@ -117,6 +117,7 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "odom_extrapolation_s": (0.05, "an image up to this much newer than the newest odometry uses that odometry"),
     "diagnostics_period_s": (1.0, "period of /diagnostics messages (s)"),
     "autostart": (False, "configure and activate at start-up (for runs without a launch file)"),
+    "warmup": (True, "run the localizer once on a blank image at configure, so the first real frame is not slow"),
 }
 
 _MISSING = object()
@@ -251,6 +252,8 @@ class LocalizerNode(LifecycleNode):
             self.get_logger().info(
                 f"loaded {self.localizer.method} from {model} on {self._p('device')} in {time.perf_counter() - t0:.2f} s"
             )
+            if self._p("warmup"):
+                self._warmup(read_artifact_meta(model))
         except Exception as err:  # any failure to load leaves the node unconfigured, running
             self.get_logger().error(f"configure failed: {err}")
             self._set_error(f"configure failed: {err}")
@@ -283,6 +286,21 @@ class LocalizerNode(LifecycleNode):
             self._aux_subs.append(self.create_subscription(Odometry, "odom", self._on_odom, 50))
         self._srv = self.create_service(Trigger, "relocalize", self._on_relocalize)
         return super().on_configure(state)
+
+    def _warmup(self, meta: dict) -> None:
+        """One localization of a blank image of the artifact's input size (lazy initialisation of
+        the model runtime happens here, not on the first camera frame); the result is discarded."""
+        size = meta.get("image", {})
+        w, h = int(size.get("width", 64)), int(size.get("height", 48))
+        t0 = time.perf_counter()
+        try:
+            cam = PinholeCamera(w, h, float(w), float(w), (w - 1) / 2, (h - 1) / 2)
+            self.localizer.localize(np.zeros((h, w, 3), np.uint8), cam, 0)
+        except Exception as err:  # a localizer that cannot run on a blank image: skip, not fatal
+            self.get_logger().info(f"warm-up skipped ({type(err).__name__}: {err})")
+        finally:
+            self.localizer.reset()
+        self.get_logger().info(f"warm-up localization took {time.perf_counter() - t0:.2f} s")
 
     def _setup_tf(self) -> None:
         self._tf_broadcaster = self._tf_pub = None
