@@ -101,3 +101,16 @@ def test_static_chain():
     np.testing.assert_allclose(static_chain(edges, "base", "optical"), a @ b, atol=1e-12)
     np.testing.assert_allclose(static_chain(edges, "optical", "lidar"), np.linalg.inv(a @ b) @ b, atol=1e-12)
     assert static_chain(edges, "base", "nowhere") is None
+
+
+def test_cli_errors_name_the_problem(tmp_path, capsys):
+    from visloc_core.cli import main
+
+    bag, _, _ = write_tiny_bag(tmp_path / "q", S_VALUES[:2])
+    assert main(["replay", str(tmp_path / "missing"), str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["replay", str(bag), str(tmp_path), "--out", str(tmp_path / "r"), "--image-topic", "/nope"]) == 2
+    err = capsys.readouterr().err
+    assert "--image-topic /nope is not an image topic" in err and "/camera/image_raw" in err
+    assert main(["replay", str(bag), str(tmp_path), "--out", str(tmp_path / "r"), "--gt-topic", "/odom_gt"]) == 2
+    assert "no ground truth" in capsys.readouterr().err
