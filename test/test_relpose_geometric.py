@@ -116,9 +116,10 @@ def test_xfeat_keypoints_lie_on_the_image_and_depth_is_sampled(rendered_pair):
     np.testing.assert_array_equal(z, depth[v, u])
 
 
-def test_xfeat_estimator_metric_pose_by_pnp(rendered_pair):
+@pytest.mark.parametrize("matcher", ["mnn", "lighterglue"])
+def test_xfeat_estimator_metric_pose_by_pnp(rendered_pair, matcher):
     cam, T_world_r, T_world_q, rgb_r, rgb_q, depth_path = rendered_pair
-    est = RELPOSE_ESTIMATORS.build("xfeat", {}, "cpu")
+    est = RELPOSE_ESTIMATORS.build("xfeat", {"matcher": matcher}, "cpu")
     kf = Keyframe("r", T_world_r, cam, depth_path=depth_path)
     est.prepare_keyframe(kf, rgb_r)
     assert kf.cache["xfeat_depth"].shape == kf.cache["xfeat_keypoints"].shape[:1]
