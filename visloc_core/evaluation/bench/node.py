@@ -268,7 +268,11 @@ def run(args: argparse.Namespace) -> dict:
         node.destroy_node()
         if started:
             rclpy.try_shutdown()
-    out["artifact"] = str(artifact)
+    # the made artifact and the node log are scratch: removed after a successful run (kept on error)
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    out["artifact"] = str(artifact) if args.artifact else "(made by the bench, removed)"
     out["artifact_note"] = (
         "given" if args.artifact else "untrained PoseNet/MobileNetV2 (ImageNet weights) made by the bench"
     )
