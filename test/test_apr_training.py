@@ -246,3 +246,27 @@ def test_train_command_rejects_bad_configs(tmp_path, capsys) -> None:
         assert visloc_main(["train", str(path), "--data", str(data), "--out", str(tmp_path / f"out_{name}")]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / f"out_{name}").exists()
+
+
+def test_localizer_preprocessing_follows_image_size_and_flags_other_optics(trained) -> None:
+    import cv2
+
+    ds, frames = _test_frames(trained["data"])
+    loc = load_localizer(trained["art"])
+    f = frames[5]
+    img = ds.load_rgb(f)
+    ref = loc.localize(img, f.camera, f.stamp_ns)
+    assert ref.extras["focal_ratio"] == pytest.approx(1.0)
+    # the same view at twice the resolution (camera scaled with it) reaches the network identically
+    # up to resampling, and has the same optics
+    big = cv2.resize(img, (2 * img.shape[1], 2 * img.shape[0]), interpolation=cv2.INTER_LINEAR)
+    res = loc.localize(big, f.camera.resized(2 * f.camera.width, 2 * f.camera.height), f.stamp_ns)
+    assert res.extras["focal_ratio"] == pytest.approx(1.0)
+    assert np.linalg.norm(res.T_world_cam[:3, 3] - ref.T_world_cam[:3, 3]) < 0.1
+    # a wider lens (half the focal length) is reported: APR does not model intrinsics
+    from dataclasses import replace
+
+    wide = replace(f.camera, fx=f.camera.fx / 2, fy=f.camera.fy / 2)
+    assert loc.localize(img, wide, f.stamp_ns).extras["focal_ratio"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="camera says"):
+        loc.localize(big, f.camera, f.stamp_ns)
