@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: the main job end to end on the embedded synthetic scene, on 2 CPU cores.
 #   1. render the indoor_room preset and record it as rosbags, as a robot would (visloc synth --bag)
-#   2. turn the mapping bag into a dataset (visloc dataset from-bag, pose from /ground_truth/pose
+#   2. turn the mapping bag into a dataset (visloc dataset from-bag: RGB-D images, pose from /ground_truth/pose
 #      composed with the camera mount read from /tf_static)
 #   3. train the PoseNet-style APR baseline (visloc train) and build a relpose map (visloc map build)
 #   4. replay a query bag (a different path) through the REAL localizer node over DDS for each
@@ -10,19 +10,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${DEMO_OUT:-demo_out}
-EPOCHS=${DEMO_EPOCHS:-}
+EPOCHS=${DEMO_EPOCHS:-}          # override the config's epochs (quick checks)
+MAX_FRAMES=${DEMO_MAX_FRAMES:-}  # fewer frames per sequence (quick checks)
 mkdir -p "$OUT"
 start=$(date +%s)
 stage() { echo; echo "=== [$(( $(date +%s) - start )) s] $*"; }
 
 if [ ! -d "$OUT/synth" ]; then
   stage "1/5 visloc synth indoor_room (dataset + one rosbag2 per sequence)"
-  visloc synth indoor_room --out "$OUT/synth" --bag "$OUT/bags" --preview
+  visloc synth indoor_room --out "$OUT/synth" --bag "$OUT/bags" --depth --preview ${MAX_FRAMES:+--max-frames $MAX_FRAMES}
 fi
 
 if [ ! -d "$OUT/map_dataset" ]; then
   stage "2/5 visloc dataset from-bag (mapping bag -> dataset)"
   visloc dataset from-bag "$OUT/bags/indoor_room_map_outer" --image-topic /camera/image_raw \
+    --depth-topic /camera/depth/image_raw \
     --pose-topic /ground_truth/pose --scene indoor_room --sequence map_outer --split train \
     --out "$OUT/map_dataset"
 fi

@@ -79,3 +79,24 @@ def test_cli_round_trip_compressed_mcap(tmp_path, scene_file):
         assert got.path(fb).read_bytes() == jpegs[fb.stamp_ns]
         err = np.abs(got.load_rgb(fb).astype(float) - truth.load_rgb(fa).astype(float)).mean()
         assert err < 12  # the JPEG of the same image (lossy; ~2-3 here), not another frame (~40)
+
+
+def test_cli_round_trip_depth(tmp_path, scene_file):
+    """``synth --depth`` records /camera/depth/image_raw (16UC1 mm); ``from-bag --depth-topic`` gives
+    back the dataset's depth (also stored in mm) exactly."""
+    args = ["synth", str(scene_file), "--out", str(tmp_path / "synth"), "--bag", str(tmp_path / "bags")]
+    assert cli_main([*args, "--depth", "--no-progress"]) == 0
+    rc = cli_main(
+        [
+            "dataset", "from-bag", str(tmp_path / "bags" / "tiny_map"), "--image-topic", "/camera/image_raw",
+            "--depth-topic", "/camera/depth/image_raw", "--pose-topic", "/ground_truth/pose",
+            "--out", str(tmp_path / "fb"), "--no-progress",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    truth, got = Dataset(tmp_path / "synth"), Dataset(tmp_path / "fb")
+    check_poses(truth, got)
+    for fa, fb in zip(truth.sequence_frames("tiny", "map"), got.frames(), strict=True):
+        d_truth, d_got = truth.load_depth(fa), got.load_depth(fb)
+        assert (d_truth > 0).mean() > 0.9  # the scene fills the view
+        np.testing.assert_allclose(d_got, d_truth, atol=1e-6)

@@ -58,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="record /camera/image_raw/compressed (JPEG) instead of raw rgb8 /camera/image_raw",
     )
     parser.add_argument(
+        "--depth",
+        action="store_true",
+        help="also record /camera/depth/image_raw in the bags (16UC1 mm, registered to the colour camera, "
+        "as an RGB-D camera's aligned depth); the dataset always has depth",
+    )
+    parser.add_argument(
         "--preview", action="store_true", help="write DATASET/preview.png, a contact sheet per sequence"
     )
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: the scene file's seed)")
@@ -105,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=not args.no_progress,
             png_level=args.png_level,
+            bag_depth=args.depth,
         )
     except RendererUnavailableError as err:
         print(f"visloc synth: error: {err}", file=sys.stderr)

@@ -8,6 +8,9 @@ topic                           type                             content
 /camera/image_raw               sensor_msgs/msg/Image            rgb8, frame camera_optical_frame
 /camera/image_raw/compressed    sensor_msgs/msg/CompressedImage  JPEG (instead of image_raw, ``compressed``)
 /camera/camera_info             sensor_msgs/msg/CameraInfo       K, P = [K | 0], D (plumb_bob), same stamp
+/camera/depth/image_raw         sensor_msgs/msg/Image            16UC1 millimetres, 0 = no return, registered
+                                                                 to the colour camera (``depth``; as an RGB-D
+                                                                 camera's aligned depth)
 /ground_truth/pose              geometry_msgs/msg/PoseStamped    T_map_base, frame map, at image stamps
 /odom                           nav_msgs/msg/Odometry            T_odom_base (drifting), odom -> base_link
 /tf                             tf2_msgs/msg/TFMessage           odom->base_link (odom rate), map->odom
@@ -55,6 +58,7 @@ FRAME_CAMERA, FRAME_OPTICAL = "camera_link", "camera_optical_frame"
 TOPIC_IMAGE = "/camera/image_raw"
 TOPIC_IMAGE_COMPRESSED = "/camera/image_raw/compressed"
 TOPIC_CAMERA_INFO = "/camera/camera_info"
+TOPIC_DEPTH = "/camera/depth/image_raw"
 TOPIC_GT_POSE = "/ground_truth/pose"
 TOPIC_ODOM = "/odom"
 TOPIC_TF = "/tf"
@@ -108,6 +112,7 @@ class SequenceBagWriter:
         storage: str = "sqlite3",
         compressed: bool = False,
         overwrite: bool = False,
+        depth: bool = False,
     ) -> None:
         from rosbags.rosbag2 import StoragePlugin, Writer
 
@@ -120,6 +125,7 @@ class SequenceBagWriter:
         self.overwrite = overwrite
         self.camera = camera
         self.compressed = compressed
+        self.depth = depth
         self.T_base_cameralink = np.asarray(T_base_cameralink, dtype=np.float64)
         self._tmpdir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-", dir=self.path.parent))
         self.ts = _typestore()
@@ -140,6 +146,7 @@ class SequenceBagWriter:
             (TOPIC_CAMERA_INFO, "sensor_msgs/msg/CameraInfo", False),
             (image_topic, image_type, False),
             (TOPIC_GT_POSE, "geometry_msgs/msg/PoseStamped", False),
+            *([(TOPIC_DEPTH, "sensor_msgs/msg/Image", False)] if depth else []),
         ]:
             self._conns[topic] = self._writer.add_connection(
                 topic, msgtype, typestore=self.ts, offered_qos_profiles=_qos(latched)
@@ -247,8 +254,11 @@ class SequenceBagWriter:
             self._tf(stamp, [self._transform(stamp, FRAME_ODOM, FRAME_BASE, T_ob[j])])
             self._odom_next += 1
 
-    def write_frame(self, stamp_ns: int, rgb_HW3: np.ndarray, T_map_base: np.ndarray) -> None:
-        """One image (uint8 RGB), its camera_info, the ground-truth base pose and map->odom at ``stamp_ns``."""
+    def write_frame(
+        self, stamp_ns: int, rgb_HW3: np.ndarray, T_map_base: np.ndarray, depth_m_HW: np.ndarray | None = None
+    ) -> None:
+        """One image (uint8 RGB), its camera_info, the ground-truth base pose and map->odom at ``stamp_ns``;
+        with ``depth`` also the depth image (metres, 0 = none), written as 16UC1 millimetres."""
         stamp_ns = int(stamp_ns)
         if stamp_ns <= self._last_stamp:
             raise ValueError(f"frames must come in increasing stamp order ({stamp_ns} after {self._last_stamp})")
@@ -309,6 +319,25 @@ class SequenceBagWriter:
                 data=np.ascontiguousarray(img).reshape(-1),
             )
         self._write(self.image_topic, stamp_ns, msg)
+        if self.depth:
+            if depth_m_HW is None or np.asarray(depth_m_HW).shape != (h, w):
+                raise ValueError(f"this bag records depth: give a ({h}, {w}) depth image in metres")
+            d = np.asarray(depth_m_HW, dtype=np.float64)
+            # millimetres, 0 = no return (also beyond 65.535 m, the 16UC1 range)
+            mm = np.where(np.isfinite(d) & (d > 0) & (d < 65.5355), np.round(d * 1000.0), 0).astype("<u2")
+            self._write(
+                TOPIC_DEPTH,
+                stamp_ns,
+                T["sensor_msgs/msg/Image"](
+                    header=self._header(stamp_ns, FRAME_OPTICAL),
+                    height=h,
+                    width=w,
+                    encoding="16UC1",
+                    is_bigendian=0,
+                    step=2 * w,
+                    data=np.ascontiguousarray(mm).view(np.uint8).reshape(-1),
+                ),
+            )
         gt = T["geometry_msgs/msg/PoseStamped"](
             header=self._header(stamp_ns, FRAME_MAP), pose=self._pose_msg(np.asarray(T_map_base, np.float64))
         )

@@ -151,12 +151,14 @@ def generate(
     progress: bool = True,
     on_frame: Callable[[SequencePlan, int, RenderOutput], None] | None = None,
     png_level: int = 0,
+    bag_depth: bool = False,
 ) -> Path:
     """Render every sequence of ``spec`` (one scene, or several into one multi-scene dataset) into
     the dataset ``out`` (atomic: temp folder, then rename).
 
     With ``bag_dir``, also writes ``bag_dir/<scene>_<sequence>/`` per sequence (rosbag2, storage
-    ``sqlite3`` or ``mcap``, raw rgb8 or ``compressed`` JPEG images), each atomically. Existing
+    ``sqlite3`` or ``mcap``, raw rgb8 or ``compressed`` JPEG images, plus the depth topic with
+    ``bag_depth``), each atomically. Existing
     outputs are an error unless ``overwrite``. ``png_level``: deflate level of the RGB PNGs (0 =
     uncompressed: ~1.5x the disk, much faster to write; lossless either way). Returns the dataset path.
     """
@@ -220,6 +222,7 @@ def generate(
                     on_frame,
                     overwrite,
                     multi=len(specs) > 1,
+                    bag_depth=bag_depth,
                 )
             bar.close()
             for split, keys in splits.items():
@@ -250,6 +253,7 @@ def _generate_scene(
     on_frame,
     overwrite: bool,
     multi: bool,
+    bag_depth: bool = False,
 ) -> None:
     """All sequences of one scene into the open dataset writer (and bags)."""
     cam = spec.camera.pinhole()
@@ -303,6 +307,7 @@ def _generate_scene(
                     storage=storage,
                     compressed=compressed,
                     overwrite=overwrite,
+                    depth=bag_depth,
                 )
             try:
                 if bag is not None:
@@ -314,7 +319,12 @@ def _generate_scene(
                     # encoding and writing run on the writer thread, overlapping the next render
                     writer.submit(_write_frame, w, spec, plan, i, cam, frame, png_level)
                     if bag is not None:  # here: rosbags' sqlite3 connection belongs to this thread
-                        bag.write_frame(int(plan.stamps_ns[i]), frame.rgb_HW3, plan.T_map_base[i])
+                        bag.write_frame(
+                            int(plan.stamps_ns[i]),
+                            frame.rgb_HW3,
+                            plan.T_map_base[i],
+                            frame.depth_HW if bag_depth else None,
+                        )
                     if on_frame is not None:
                         on_frame(plan, i, frame)
                     if i in pick:
