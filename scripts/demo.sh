@@ -41,8 +41,8 @@ fi
 
 stage "5/5 visloc replay: the query bag through the localizer node, once per artifact"
 QUERY_BAG="$OUT/bags/indoor_room_query_day"
-visloc replay "$QUERY_BAG" "$OUT/apr" --out "$OUT/report_apr" --wait --condition day
-visloc replay "$QUERY_BAG" "$OUT/relpose_map" --out "$OUT/report_relpose" --wait --condition day
+visloc replay "$QUERY_BAG" "$OUT/apr" --image-topic /camera/image_raw --out "$OUT/report_apr" --wait --condition day
+visloc replay "$QUERY_BAG" "$OUT/relpose_map" --image-topic /camera/image_raw --out "$OUT/report_relpose" --wait --condition day
 
 python - "$OUT" <<'PY'
 import json, sys
