@@ -329,8 +329,11 @@ def test_adapter_returns_the_true_relative_pose_for_a_true_E(tmp_path, monkeypat
         np.testing.assert_allclose(e.E, _true_E(T), atol=1e-6)
         assert e.confidence > 0.999
     # references are cached: the second query needs only its own pass
-    est.estimate(ds.load_rgb(q), q.camera, refs, None)
+    est.resolve = "best_guess"  # our option: the best guess is handed over as resolved
+    again = est.estimate(ds.load_rgb(q), q.camera, refs, None)
     assert batch_sizes == [1 + len(refs), 1]
+    assert all(e.cheirality_checked for e in again)
+    np.testing.assert_allclose(again[0].T_q_r, out[0].T_q_r)
 
 
 def test_adapter_semantic_policy_and_bad_config(tmp_path):
@@ -347,6 +350,8 @@ def test_adapter_semantic_policy_and_bad_config(tmp_path):
     img = np.zeros((H, W, 3), np.uint8)
     with pytest.raises(ValueError, match="semantic class map"):
         est.predict_E(img, [], None)
+    with pytest.raises(ValueError, match="resolve"):
+        RELPOSE_ESTIMATORS.build("learned", {"checkpoint": str(tmp_path / "ckpt"), "resolve": "x"}, "cpu")
 
 
 def test_shipped_configs_build(tmp_path):

@@ -7,6 +7,8 @@ Estimator config (the ``estimator`` section of a relpose map config)::
     missing_semantic: zeros     # BiasNet models only: 'zeros' (feed an all-zero one-hot map, i.e. only
                                 # BiasNet's constant bias, with one warning) or 'error'
     feature_cache: 512          # reference feature maps kept in memory (LRU), 0 = none
+    resolve: filter             # 'filter' (paper): the hypothesis filter picks among E's rotations and t signs;
+                                # 'best_guess' (ours): hand it T_q_r below as resolved (cheirality_checked=True)
 
 Per query, the query and every reference whose features are not cached go through the siamese
 branch in ONE batched forward pass; the correlation/regression head then runs on all pairs at once.
@@ -14,7 +16,8 @@ branch in ONE batched forward pass; the correlation/regression head then runs on
 Output convention (base.py): one :class:`RelPoseEstimate` per reference with ``E`` = the regressed
 E_q_r projected to the essential manifold (SVD, singular values (1, 1, 0)), ``metric=False``,
 ``cheirality_checked=False`` (a regressed E has no correspondences to check cheirality with: the
-hypothesis filter disambiguates the rotation from pairs of references, as paper 003 sec. 2.3), and
+hypothesis filter disambiguates the rotation from pairs of references, as paper 003 sec. 2.3;
+``resolve: best_guess`` instead passes the best guess as resolved, True), and
 ``T_q_r`` the best single guess: the sign of the regressed E fixes the sign of t (the label is
 [t/|t|]x R with the true t), and of the two rotations the one with the smaller angle is taken.
 ``confidence`` measures how close the raw output is to an essential matrix:
@@ -62,10 +65,18 @@ class LearnedRelPoseEstimator(RelPoseEstimator):
     name = "learned"
 
     def __init__(
-        self, checkpoint: str | Path, device: str = "cpu", missing_semantic: str = "zeros", feature_cache: int = 512
+        self,
+        checkpoint: str | Path,
+        device: str = "cpu",
+        missing_semantic: str = "zeros",
+        feature_cache: int = 512,
+        resolve: str = "filter",
     ) -> None:
         if missing_semantic not in ("zeros", "error"):
             raise ValueError(f"missing_semantic must be 'zeros' or 'error', got {missing_semantic!r}")
+        if resolve not in ("filter", "best_guess"):
+            raise ValueError(f"resolve must be 'filter' (paper) or 'best_guess', got {resolve!r}")
+        self.resolve = resolve
         self.model, self.meta = load_relpose_net(checkpoint, device)
         self.device = device
         self.checkpoint = str(checkpoint)
@@ -185,7 +196,7 @@ class LearnedRelPoseEstimator(RelPoseEstimator):
                     metric=False,
                     E=E_proj,
                     confidence=essential_confidence(sv),
-                    cheirality_checked=False,
+                    cheirality_checked=self.resolve == "best_guess",
                     stage_seconds={"network": t_net / len(refs), "decompose": time.perf_counter() - t1},
                 )
             )
@@ -205,4 +216,5 @@ def build_learned_estimator(cfg: dict, device: str = "cpu") -> LearnedRelPoseEst
         device=device,
         missing_semantic=str(cfg.get("missing_semantic", "zeros")),
         feature_cache=int(cfg.get("feature_cache", 512)),
+        resolve=str(cfg.get("resolve", "filter")),
     )
