@@ -114,3 +114,8 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert "--image-topic /nope is not an image topic" in err and "/camera/image_raw" in err
     assert main(["replay", str(bag), str(tmp_path), "--out", str(tmp_path / "r"), "--gt-topic", "/odom_gt"]) == 2
     assert "no ground truth" in capsys.readouterr().err
+    # a folder that is not a rosbag2 recording, and an artifact folder that is not an artifact
+    assert main(["replay", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "not a rosbag2 folder (no metadata.yaml)" in capsys.readouterr().err
+    assert main(["replay", str(bag), str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "is not a visloc artifact (no artifact.json)" in capsys.readouterr().err

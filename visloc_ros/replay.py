@@ -142,6 +142,10 @@ def plan_bag(o: ReplayOptions) -> _BagPlan:
 
     if not Path(o.bag).exists():
         raise FileNotFoundError(f"bag {o.bag} does not exist")
+    if Path(o.bag).is_dir() and not (Path(o.bag) / "metadata.yaml").is_file():
+        raise ReplayError(
+            f"{o.bag} is not a rosbag2 folder (no metadata.yaml); give the folder `ros2 bag record` wrote"
+        )
     with AnyReader([Path(o.bag)], default_typestore=_typestore()) as reader:
         by_topic = {c.topic: c for c in reader.connections}
         listing = ", ".join(f"{c.topic} ({c.msgtype})" for c in reader.connections)
@@ -374,9 +378,12 @@ def replay(o: ReplayOptions) -> dict:
     from rosbags.highlevel import AnyReader
 
     from visloc_core.evaluation.report import write_report
+    from visloc_core.localizers.loading import read_artifact_meta
 
     plan = plan_bag(o)
     truth = _truth(o, plan)
+    # A folder the node cannot load leaves it unconfigured: fail here, not after the start-up timeout.
+    read_artifact_meta(o.artifact)
     out = Path(o.out)
     out.mkdir(parents=True, exist_ok=True)
     params = _node_params(o, plan)
