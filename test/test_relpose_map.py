@@ -125,6 +125,12 @@ def test_bad_input_is_reported(xfeat_map, room, tmp_path):
     bad.write_text("kind: apr\n")
     with pytest.raises(ValueError, match="relpose"):
         load_config(bad)
+    # a misspelt key, or an APR training config, is refused before any work (not silently defaulted)
+    with pytest.raises(ValueError, match=r"unknown relpose config key\(s\) \['num_reference'\]"):
+        build_map({**load_config(CFG), "num_reference": 3}, room, tmp_path / "m")
+    with pytest.raises(ValueError, match="visloc train"):
+        build_map(load_config("config/models/posenet.yaml"), room, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
 
 
 def test_sift_baseline_map(room, tmp_path):

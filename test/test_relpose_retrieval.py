@@ -84,6 +84,8 @@ def test_registry_names():
     assert {"gem", "netvlad", "xfeat_vlad"} <= set(GLOBAL_DESCRIPTORS.names())
     with pytest.raises(ValueError, match="name"):
         build_descriptor({})
+    with pytest.raises(ValueError, match=r"unknown gem descriptor keys \['pp'\]"):
+        build_descriptor({"name": "gem", "pp": 3.0})
 
 
 def test_vlad_aggregation_matches_reference_implementation():

@@ -84,6 +84,10 @@ def build_descriptor(cfg: dict, device: str = "cpu") -> GlobalDescriptor:
     cfg = dict(cfg or {})
     if "name" not in cfg:
         raise ValueError(f"descriptor config needs a 'name' (one of {', '.join(GLOBAL_DESCRIPTORS.names())})")
+    known = getattr(GLOBAL_DESCRIPTORS.get(cfg["name"]), "defaults", None)
+    unknown = sorted(set(cfg) - set(known) - {"name"}) if known is not None else []
+    if unknown:  # a misspelt key would otherwise fall back to the default silently
+        raise ValueError(f"unknown {cfg['name']} descriptor keys {unknown}; known: {sorted(known)}")
     return GLOBAL_DESCRIPTORS.build(cfg["name"], cfg, device)
 
 

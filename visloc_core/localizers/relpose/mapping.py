@@ -122,6 +122,14 @@ def build_map(
     """Build a relpose map artifact from ``split`` of dataset ``data`` into ``out`` (see module doc)."""
     from ...models.descriptors import build_descriptor, finetune_gem
 
+    unknown = sorted(set(config) - set(DEFAULT_CONFIG))
+    if unknown:
+        # A typo would otherwise be ignored silently (and an APR training config, which has no
+        # 'kind', would build a default map).
+        raise ValueError(
+            f"unknown relpose config key(s) {unknown}; known: {sorted(DEFAULT_CONFIG)} (check the spelling; "
+            "APR training configs go to `visloc train`)"
+        )
     cfg = merge_config(DEFAULT_CONFIG, config)
     RetrievalConfig.from_dict(cfg["retrieval"])  # validate early, before the long work
     from .hypotheses import FilterConfig
