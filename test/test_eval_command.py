@@ -149,6 +149,9 @@ def test_eval_bad_input_is_a_clear_error(setup, capsys) -> None:
     assert visloc_main(["eval", str(root), "--data", data, "--out", str(root / "bad")]) == 2
     assert "not a visloc artifact" in capsys.readouterr().err
     assert not (root / "bad" / "report.json").exists()
+    (root / "a_file").write_text("x")
+    assert visloc_main(["eval", art, "--data", data, "--out", str(root / "a_file")]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
 
 
 def test_eval_interrupted_keeps_a_partial_report(setup, monkeypatch) -> None:

@@ -184,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():  # checked now, not after the whole evaluation
+        raise FileExistsError(f"--out {out} is a file; give a folder for the report")
     if (out / "report.json").exists() and not args.overwrite:
         raise FileExistsError(f"{out} already holds a report; pass --overwrite or choose another --out")
     art_meta = read_artifact_meta(args.artifact)
