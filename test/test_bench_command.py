@@ -176,6 +176,15 @@ def test_bench_errors_are_clear(tmp_path, capsys, monkeypatch) -> None:
     assert not (out / "relpose.json").exists()
     assert visloc_main(["bench"]) == 2
     assert "--list" in capsys.readouterr().err
+    # Inputs of the wrong kind are named before any work: --out a file, a folder that is not a bag,
+    # a missing config folder.
+    (tmp_path / "file").write_text("x")
+    assert visloc_main(["bench", "relpose", "--solvers", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+    assert visloc_main(["bench", "bag", "--bag", str(tmp_path), "--out", str(out)]) == 2
+    assert "not a rosbag2 folder (no metadata.yaml)" in capsys.readouterr().err
+    assert visloc_main(["bench", "models", "--config-dir", str(tmp_path / "none"), "--out", str(out)]) == 2
+    assert "--config-dir" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         visloc_main(["bench", "no-such-bench", "--out", str(out)])
     assert "invalid choice" in capsys.readouterr().err

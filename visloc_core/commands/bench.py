@@ -263,6 +263,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.bench_name:
         raise ValueError("give a benchmark NAME (or `all`), or --list to see them")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():  # before the benchmark runs, not when writing its result
+        raise FileExistsError(f"--out {out} is a file; give a folder for <name>.json")
     if args.bench_name != "all":
         # The benchmark's own options as typed (for the record), when run from the shell.
         argv = sys.argv[sys.argv.index(args.bench_name) + 1 :] if args.bench_name in sys.argv[1:] else []

@@ -194,7 +194,9 @@ def run(args: argparse.Namespace) -> dict:
     try:
         bags: list[tuple[str, Path]] = []
         if args.bag:
-            bags.append(("given", Path(args.bag)))
+            from ...data.bags.read import resolve_bag_path
+
+            bags.append(("given", resolve_bag_path(args.bag)))
         else:
             for storage in ["sqlite3", "mcap"] if args.storage == "both" else [args.storage]:
                 path = work / f"bench_{storage}"

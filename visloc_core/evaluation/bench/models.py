@@ -88,6 +88,10 @@ def run(args: argparse.Namespace) -> dict:
     if unknown:
         raise ValueError(f"unknown models {unknown}; known: {', '.join(MODEL_MODULES)}")
     config_dir = Path(args.config_dir)
+    if not config_dir.is_dir():
+        raise FileNotFoundError(
+            f"--config-dir {config_dir} is not a folder (it holds <model>.yaml, e.g. config/models)"
+        )
     results: dict[str, dict] = {}
     models: dict[str, tuple[torch.nn.Module, torch.Tensor]] = {}
     for name in names:

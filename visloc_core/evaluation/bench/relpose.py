@@ -169,6 +169,7 @@ def _ratio(a, b) -> float | None:
 
 def run(args: argparse.Namespace) -> dict:
     from ...data.layout import Dataset
+    from ...localizers.loading import read_artifact_meta
     from ...localizers.relpose import RelposeLocalizer
     from ...localizers.relpose.mapping import build_map, load_config
 
@@ -191,6 +192,7 @@ def run(args: argparse.Namespace) -> dict:
         ("sift", args.sift_config, args.sift_map),
     ):
         if given:
+            read_artifact_meta(given)  # a clear error for a folder that is not a map artifact
             maps[name] = Path(given)
             continue
         cfg = load_config(cfg_path)
