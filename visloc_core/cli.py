@@ -13,6 +13,8 @@ import importlib
 import logging
 import sys
 
+import yaml
+
 # command -> (module, one-line help). Nested commands use a space: "dataset from-bag".
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("synth", "render a synthetic scene into a dataset (and optionally bags)"),
@@ -74,12 +76,34 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("visloc: interrupted; partial results (if any) are kept as described in --help", file=sys.stderr)
         return 130
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, KeyError, yaml.YAMLError) as err:
         # Bad input: one clear line, no traceback (use -v for it).
         if args.verbose:
             raise
-        print(f"visloc {args.command}: error: {err}", file=sys.stderr)
+        print(f"visloc {_command_name(args)}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    """'dataset from-bag', 'map build', 'train', ...: the command as typed."""
+    sub = getattr(args, f"{args.command}_command", None)
+    return f"{args.command} {sub}" if sub else str(args.command)
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, yaml.YAMLError):
+        # PyYAML's message spans lines (with a caret under the text); keep the problem and its place.
+        mark = getattr(err, "problem_mark", None)
+        where, fix = "", ""
+        if mark is not None:
+            in_file = not mark.name.startswith("<")  # '<unicode string>': a value typed on the command line
+            where = f" ({mark.name + ' ' if in_file else ''}line {mark.line + 1}, column {mark.column + 1})"
+            fix = "; fix the file's syntax" if in_file else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        return f"invalid YAML{where}: {problem}{fix}"
+    if isinstance(err, KeyError) and err.args:
+        return str(err.args[0])  # str(KeyError) adds quotes
+    return " ".join(str(err).split("\n"))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,9 @@ class SceneSpec:
 
 
 def build_apr_model(name: str, cfg: dict, scenes: list[SceneSpec]):
-    if name not in APR_MODELS and name in MODEL_MODULES:
+    if name not in APR_MODELS and name not in MODEL_MODULES:
+        # The registry fills on import, so its own error would list only the models imported so far.
+        raise ValueError(f"unknown APR model {name!r} (model.name); known: {', '.join(MODEL_MODULES)}")
+    if name not in APR_MODELS:
         importlib.import_module(MODEL_MODULES[name])
     return APR_MODELS.build(name, cfg, scenes)

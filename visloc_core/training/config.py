@@ -90,7 +90,8 @@ def load_yaml(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"config {p} does not exist (see config/models/*.yaml)")
-    cfg = yaml.safe_load(p.read_text()) or {}
+    with p.open() as f:  # a file stream: a YAML error then names the file
+        cfg = yaml.safe_load(f) or {}
     if not isinstance(cfg, dict):
         raise ValueError(f"config {p} must be a YAML mapping at the top level")
     return cfg

@@ -558,9 +558,12 @@ def load_scene(path: str | Path) -> SceneSpec:
             f"scene file {path} not found; presets: {', '.join(sorted(x.stem for x in preset_dir().glob('*.yaml')))}"
         )
     try:
-        data = yaml.safe_load(p.read_text())
+        with p.open() as f:  # a file stream: the parser's error marks then name the file
+            data = yaml.safe_load(f)
     except yaml.YAMLError as err:
-        raise SceneSpecError(f"{p}: not valid YAML: {err}") from err
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise SceneSpecError(f"{p}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from err
     return parse_scene(data, str(p))
 
 

@@ -81,7 +81,8 @@ def load_config(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config {path} does not exist (see config/models/relpose_*.yaml)")
-    cfg = yaml.safe_load(path.read_text()) or {}
+    with path.open() as f:  # a file stream: a YAML error then names the file
+        cfg = yaml.safe_load(f) or {}
     if not isinstance(cfg, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     kind = cfg.get("kind", "relpose")

@@ -1,0 +1,53 @@
+"""The `visloc` CLI on bad input: one line naming the problem (and the file), exit code 2, no
+traceback. References: the exact file, line and column PyYAML reports for a known broken file; the
+registered model names; the command name as typed."""
+
+from __future__ import annotations
+
+import pytest
+
+from visloc_core.cli import main
+from visloc_core.models.registry import MODEL_MODULES, build_apr_model
+
+BROKEN = "a: [1, 2\nb: {\n"  # the flow sequence of line 1 is not closed: PyYAML stops at line 2, column 2
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "{cfg}", "--data", "{tmp}", "--out", "{tmp}/a"],
+        ["map", "build", "{cfg}", "--data", "{tmp}", "--out", "{tmp}/a"],
+    ],
+)
+def test_broken_yaml_config_is_one_line_naming_file_and_place(tmp_path, capsys, argv):
+    cfg = tmp_path / "broken.yaml"
+    cfg.write_text(BROKEN)
+    args = [a.format(cfg=cfg, tmp=tmp_path) for a in argv]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    command = "map build" if argv[0] == "map" else "train"
+    assert err.startswith(f"visloc {command}: error: invalid YAML ({cfg} line 2, column 2):")
+    assert not (tmp_path / "a").exists()
+
+
+def test_broken_scene_yaml(tmp_path, capsys):
+    scene = tmp_path / "scene.yaml"
+    scene.write_text(BROKEN)
+    assert main(["synth", str(scene), "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"{scene}: not valid YAML at line 2, column 2" in err
+
+
+def test_nested_command_is_named_in_the_error(tmp_path, capsys):
+    argv = ["dataset", "from-bag", str(tmp_path), "--image-topic", "/c", "--pose-topic", "/p"]
+    assert main([*argv, "--out", str(tmp_path / "d")]) == 2
+    assert capsys.readouterr().err.startswith("visloc dataset from-bag: error:")
+
+
+def test_unknown_apr_model_lists_every_model_not_only_imported_ones():
+    with pytest.raises(ValueError) as info:
+        build_apr_model("resnet_posenet", {}, [])
+    for name in MODEL_MODULES:
+        assert name in str(info.value)
