@@ -51,3 +51,15 @@ def test_unknown_apr_model_lists_every_model_not_only_imported_ones():
         build_apr_model("resnet_posenet", {}, [])
     for name in MODEL_MODULES:
         assert name in str(info.value)
+
+
+def test_bad_torch_device_is_named_before_any_loading(tmp_path):
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "artifact.json").write_text('{"kind": "relpose"}')  # the device is checked before the files
+    from visloc_core.localizers.loading import check_device, load_localizer
+
+    check_device("cpu")
+    check_device("cuda:1")  # parses without a GPU: only the spelling is checked
+    with pytest.raises(ValueError, match="device 'gpu0' is not a torch device"):
+        load_localizer(art, device="gpu0")

@@ -36,9 +36,21 @@ def read_artifact_meta(artifact_dir: str | Path) -> dict:
     return meta
 
 
+def check_device(device: str) -> None:
+    """Raise ValueError naming ``device`` if torch does not parse it (torch's own error comes later,
+    from deep inside weight loading)."""
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {device!r} is not a torch device; use cpu, cuda or cuda:N") from err
+
+
 def load_localizer(artifact_dir: str | Path, device: str = "cpu") -> Localizer:
     """Build the localizer stored in an artifact folder (model or map) on ``device`` ('cpu', 'cuda', 'cuda:1')."""
     meta = read_artifact_meta(artifact_dir)
+    check_device(device)
     kind = meta["kind"]
     if kind not in LOCALIZERS and kind in _PLUGIN_MODULES:
         importlib.import_module(_PLUGIN_MODULES[kind])

@@ -37,6 +37,7 @@ import yaml
 
 from ...data.layout import Dataset, FrameRecord
 from ...geometry import PinholeCamera
+from ..loading import check_device
 from .base import RELPOSE_ESTIMATORS, Keyframe
 from .retrieval import DescriptorIndex, RetrievalConfig
 
@@ -131,6 +132,7 @@ def build_map(
             f"unknown relpose config key(s) {unknown}; known: {sorted(DEFAULT_CONFIG)} (check the spelling; "
             "APR training configs go to `visloc train`)"
         )
+    check_device(device)
     cfg = merge_config(DEFAULT_CONFIG, config)
     RetrievalConfig.from_dict(cfg["retrieval"])  # validate early, before the long work
     from .hypotheses import FilterConfig
