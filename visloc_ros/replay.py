@@ -38,6 +38,7 @@ import yaml
 
 from visloc_core.evaluation.records import FrameOutcome
 from visloc_core.geometry import interpolate_poses, invert_T, quat_wxyz_from_R, quat_wxyz_to_xyzw
+from visloc_ros.conversions import list_to_covariance, pose_to_T, stamp_to_ns, transform_to_T
 
 log = logging.getLogger(__name__)
 
@@ -91,23 +92,6 @@ def _typestore():
     return get_typestore(Stores.ROS2_HUMBLE)
 
 
-def _T_from_pose(p) -> np.ndarray:
-    from visloc_core.geometry import T_from_position_quat_wxyz, quat_xyzw_to_wxyz
-
-    q = np.array([p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w], dtype=np.float64)
-    return T_from_position_quat_wxyz(
-        np.array([p.position.x, p.position.y, p.position.z], dtype=np.float64), quat_xyzw_to_wxyz(q / np.linalg.norm(q))
-    )
-
-
-def _T_from_transform(tr) -> np.ndarray:
-    from visloc_core.geometry import T_from_position_quat_wxyz, quat_xyzw_to_wxyz
-
-    q = np.array([tr.rotation.x, tr.rotation.y, tr.rotation.z, tr.rotation.w], dtype=np.float64)
-    t = np.array([tr.translation.x, tr.translation.y, tr.translation.z], dtype=np.float64)
-    return T_from_position_quat_wxyz(t, quat_xyzw_to_wxyz(q / np.linalg.norm(q)))
-
-
 def static_chain(edges: dict[tuple[str, str], np.ndarray], a: str, b: str) -> np.ndarray | None:
     """T_a_b through a graph of static transforms ``{(parent, child): T_parent_child}`` (either
     direction), or None when a and b are not connected."""
@@ -133,7 +117,7 @@ def static_chain(edges: dict[tuple[str, str], np.ndarray], a: str, b: str) -> np
 
 
 def _stamp(header) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+    return stamp_to_ns(header.stamp)
 
 
 def plan_bag(o: ReplayOptions) -> _BagPlan:
@@ -194,10 +178,10 @@ def plan_bag(o: ReplayOptions) -> _BagPlan:
             if conn.topic == "/tf_static":
                 for tr in msg.transforms:
                     parent, child = str(tr.header.frame_id).lstrip("/"), str(tr.child_frame_id).lstrip("/")
-                    static_edges[(parent, child)] = _T_from_transform(tr.transform)
+                    static_edges[(parent, child)] = transform_to_T(tr.transform, f"/tf_static {parent}->{child}")
             else:
                 pose = msg.pose.pose if conn.msgtype != "geometry_msgs/msg/PoseStamped" else msg.pose
-                gt.append((_stamp(msg.header), _T_from_pose(pose)))
+                gt.append((_stamp(msg.header), pose_to_T(pose, f"ground truth {conn.topic}")))
     if n_images == 0:
         raise ReplayError(f"{image_topic} has no messages in {o.bag}")
     base = o.gt_frame
@@ -533,8 +517,6 @@ def _truth(o: ReplayOptions, plan: _BagPlan):
 
 
 def _score(o, plan, truth, published, results, pose_arrivals):
-    from visloc_ros.conversions import list_to_covariance
-
     outcomes, e2e_ms, e2e_pose_ms, node_ms = [], [], [], []
     for stamp, (name, t_pub) in sorted(published.items()):
         T_gt, scene = truth(stamp)
@@ -565,8 +547,6 @@ def _score(o, plan, truth, published, results, pose_arrivals):
             scene = scene or msg.scene
             extras["status_reason"] = msg.status_reason
             extras["stage_seconds"] = dict(zip(msg.stage_names, msg.stage_seconds, strict=False))
-            from visloc_ros.conversions import pose_to_T
-
             T_map_out = pose_to_T(msg.pose.pose) if status != "NOT_LOCALIZED" else np.full((4, 4), np.nan)
             # the node published its base_frame pose: back to the camera with the same extrinsic
             T_world_cam = T_map_out @ plan.T_base_cam
