@@ -63,3 +63,23 @@ def test_bad_torch_device_is_named_before_any_loading(tmp_path):
     check_device("cuda:1")  # parses without a GPU: only the spelling is checked
     with pytest.raises(ValueError, match="device 'gpu0' is not a torch device"):
         load_localizer(art, device="gpu0")
+
+
+def test_query_image_contract_is_one_check_for_every_localizer():
+    """apr and relpose localizers both call localizers.base.check_query_image."""
+    import numpy as np
+
+    from visloc_core.geometry import PinholeCamera
+    from visloc_core.localizers.base import check_query_image
+
+    cam = PinholeCamera(8, 6, 10.0, 10.0, 4.0, 3.0)
+    img = np.zeros((6, 8, 3), np.uint8)
+    np.testing.assert_array_equal(check_query_image(img, None), img)
+    for bad, message in [
+        (img.astype(np.float32), "RGB uint8"),
+        (img[..., 0], "RGB uint8"),
+        (img[:1, :1], "too small"),
+        (np.zeros((8, 6, 3), np.uint8), "image is 6x8 but the camera says 8x6"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            check_query_image(bad, cam)

@@ -32,7 +32,7 @@ import torch
 from ..data.torch_dataset import ImageTransform, apply_geometry
 from ..geometry import PinholeCamera, T_from_position_quat_wxyz
 from ..models.apr.artifact import APRArtifact, load_apr_artifact
-from .base import LocalizationResult, Localizer, Status
+from .base import LocalizationResult, Localizer, Status, check_query_image
 from .loading import LOCALIZERS
 
 log = logging.getLogger(__name__)
@@ -57,14 +57,8 @@ class APRLocalizer(Localizer):
 
     def preprocess(self, image_rgb_HW3: np.ndarray, camera: PinholeCamera | None = None) -> torch.Tensor:
         """uint8 RGB (H, W, 3) -> float tensor (1, 3, h, w) in [0, 1] on the device."""
-        img = np.asarray(image_rgb_HW3)
-        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise ValueError(f"APR localizer expects an RGB uint8 image (H, W, 3), got {img.dtype} {img.shape}")
+        img = check_query_image(image_rgb_HW3, camera)
         h, w = img.shape[:2]
-        if h < 2 or w < 2:
-            raise ValueError(f"image too small: {w}x{h}")
-        if camera is not None and (camera.width, camera.height) != (w, h):
-            raise ValueError(f"image is {w}x{h} but the camera says {camera.width}x{camera.height}")
         key = (w, h, camera.fx if camera is not None else None)
         if self._geometry_cache is None or self._geometry_cache[0] != key:
             # Geometry only depends on the input size (and focal length): compute once, not per image.

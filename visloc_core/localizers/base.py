@@ -49,6 +49,22 @@ class LocalizationResult:
         )
 
 
+def check_query_image(image_rgb_HW3: np.ndarray, camera: PinholeCamera | None) -> np.ndarray:
+    """The input contract of ``Localizer.localize``: an RGB uint8 (H, W, 3) image of the size
+    ``camera`` gives (when given). Returns it as an array; raises ValueError naming what is wrong."""
+    img = np.asarray(image_rgb_HW3)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"localize expects an RGB uint8 image (H, W, 3), got {img.dtype} {img.shape}")
+    h, w = img.shape[:2]
+    if h < 2 or w < 2:
+        raise ValueError(f"image too small: {w}x{h}")
+    if camera is not None and (camera.width, camera.height) != (w, h):
+        raise ValueError(
+            f"image is {w}x{h} but the camera says {camera.width}x{camera.height}; pass the camera_info of this image"
+        )
+    return img
+
+
 class Localizer(ABC):
     """Relocalizes one image against what it was built from (a trained model or a map)."""
 

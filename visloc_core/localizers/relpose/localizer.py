@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 
 from ...geometry import PinholeCamera
-from ..base import LocalizationResult, Localizer, Status
+from ..base import LocalizationResult, Localizer, Status, check_query_image
 from .hypotheses import FilterConfig, Observation, filter_hypotheses
 from .mapping import build_estimator, load_keyframes, merge_config
 from .retrieval import DescriptorIndex, RetrievalConfig, select_references
@@ -83,14 +83,7 @@ class RelposeLocalizer(Localizer):
         log.info("relpose map %s: %d keyframes, %s", self.artifact_dir, len(self.keyframes), self.method)
 
     def _prepare(self, image_rgb_HW3: np.ndarray, camera: PinholeCamera) -> tuple[np.ndarray, PinholeCamera]:
-        img = np.asarray(image_rgb_HW3)
-        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise ValueError(f"localize expects an RGB uint8 image (H, W, 3), got {img.dtype} {img.shape}")
-        if (img.shape[1], img.shape[0]) != (camera.width, camera.height):
-            raise ValueError(
-                f"image is {img.shape[1]}x{img.shape[0]} but the camera is {camera.width}x{camera.height}; "
-                "pass the camera_info of this image"
-            )
+        img = check_query_image(image_rgb_HW3, camera)
         if self.image_size is not None and self.image_size != (camera.width, camera.height):
             img = cv2.resize(img, self.image_size, interpolation=cv2.INTER_AREA)
             camera = camera.resized(*self.image_size)
