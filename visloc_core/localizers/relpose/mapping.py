@@ -103,6 +103,12 @@ def build_estimator(est_cfg: dict, device: str = "cpu"):
     return RELPOSE_ESTIMATORS.build(name, {k: v for k, v in est_cfg.items() if k != "name"}, device)
 
 
+def _imwrite(path: Path, img: np.ndarray) -> None:
+    # cv2.imwrite returns False (no exception) on failure: a map missing its images would only fail at query time.
+    if not cv2.imwrite(str(path), img):
+        raise OSError(f"could not write {path} (disk full or not writable?)")
+
+
 def _progress(it, total: int, desc: str, enabled: bool):
     if not enabled:
         return it
@@ -172,7 +178,7 @@ def build_map(
                 rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
                 cam = cam.resized(*size)
             rel = {"image": f"images/{i:06d}.png", "depth": "", "semantic": ""}
-            cv2.imwrite(str(tmp / rel["image"]), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            _imwrite(tmp / rel["image"], cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
             if fr.depth:
                 depth = ds.load_depth(fr)
                 if depth.shape != rgb.shape[:2]:
@@ -180,14 +186,14 @@ def build_map(
                 (tmp / "depth").mkdir(exist_ok=True)
                 rel["depth"] = f"depth/{i:06d}.png"
                 q = np.clip(np.round(depth * DEPTH_SCALE), 0, 65535).astype(np.uint16)
-                cv2.imwrite(str(tmp / rel["depth"]), q)
+                _imwrite(tmp / rel["depth"], q)
             if fr.semantic:
                 sem = ds.load_semantic(fr)
                 if sem.shape != rgb.shape[:2]:
                     sem = cv2.resize(sem, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
                 (tmp / "semantic").mkdir(exist_ok=True)
                 rel["semantic"] = f"semantic/{i:06d}.png"
-                cv2.imwrite(str(tmp / rel["semantic"]), sem)
+                _imwrite(tmp / rel["semantic"], sem)
             kf = Keyframe(
                 fr.key, fr.T_world_cam.copy(), cam, str(tmp / rel["image"]),
                 str(tmp / rel["semantic"]) if rel["semantic"] else "",
