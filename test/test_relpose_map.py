@@ -108,7 +108,10 @@ def test_prior_restricts_retrieval(xfeat_map, room):
     res = loc.localize(ds.load_rgb(fr), fr.camera, fr.stamp_ns, prior=far)
     near = np.linalg.norm(loc.centers_N3 - loc.centers_N3[8], axis=1) <= 0.8
     keys = {loc.keyframes[i].key for i in np.flatnonzero(near)}
-    assert set(res.reference_ids) <= keys
+    assert res.reference_ids and set(res.reference_ids) <= keys  # (an empty set would pass trivially)
+    # the reference: without the prior, retrieval picks keyframes outside that disc
+    free = loc.localize(ds.load_rgb(fr), fr.camera, fr.stamp_ns)
+    assert not set(free.reference_ids) <= keys
 
 
 def test_bad_input_is_reported(xfeat_map, room, tmp_path):
