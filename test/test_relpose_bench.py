@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+import pytest
 from relpose_scene import write_dataset
 
 from visloc_core.evaluation.bench import BENCHMARKS, relpose
@@ -34,6 +35,21 @@ def test_bench_relpose_runs_and_reports_ratios(tmp_path, monkeypatch):
         assert r["n_frames"] == 3
         assert {"retrieval", "features", "matching", "geometry", "filtering", "total"} <= set(r["stage_ms"])
         assert r["latency_ms"]["median"] > 0
+    # the reference: the same maps, localizing the same queries here, give the accuracy it reports
+    from visloc_core.data.layout import Dataset
+    from visloc_core.geometry import pose_errors
+    from visloc_core.localizers.relpose import RelposeLocalizer
+
+    ds = Dataset(data)
+    for name in ("xfeat", "sift"):
+        loc = RelposeLocalizer(tmp_path / "w" / f"map_{name}")
+        errs = []
+        for fr in ds.frames("test"):
+            errs.append(pose_errors(loc.localize(ds.load_rgb(fr), fr.camera, fr.stamp_ns).T_world_cam, fr.T_world_cam))
+        t_err, r_err = np.array(errs, dtype=np.float64).T
+        assert res[name]["median_translation_m"] == pytest.approx(np.median(t_err))
+        assert res[name]["median_rotation_deg"] == pytest.approx(np.median(r_err))
+        assert res[name]["median_translation_m"] < 0.5  # localized in the room, not a fallback guess
     # the ratio fields are what they say
     assert np.isclose(res["speed_ratio"], res["sift"]["latency_ms"]["median"] / res["xfeat"]["latency_ms"]["median"])
     assert res["speed_ratio_per_query_median"] > 0
