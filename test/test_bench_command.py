@@ -4,6 +4,7 @@ and numpy: no timed assertions."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -236,6 +237,15 @@ def test_parser_imports_benchmark_modules_only_when_used(capsys) -> None:
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "--solvers" in text and "--out" in text
+    # every option with a default says it: the parser's own default, stated once
+    from visloc_core.evaluation.bench import relpose as relpose_bench
+
+    own = argparse.ArgumentParser()
+    relpose_bench.add_arguments(own)
+    threads = next(a for a in own._actions if "--threads" in a.option_strings)
+    assert f"(default {threads.default})" in " ".join(text.split())
+    assert " ".join(text.split()).count("(default") >= 5
+    assert "(default 1) (default" not in text
 
 
 def test_table_rows_of_nested_results() -> None:

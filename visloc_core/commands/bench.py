@@ -92,6 +92,13 @@ def _add_out(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--out", required=True, help="folder for <name>.json (created if needed)")
 
 
+def _state_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append '(default X)' to the help of options whose text does not give their default."""
+    for action in parser._actions:
+        if action.help and action.default not in (None, False, argparse.SUPPRESS) and "default" not in action.help:
+            action.help += " (default %(default)s)"
+
+
 class _LazyBenchParser(argparse.ArgumentParser):
     """Subparser of one benchmark that imports the module and adds its options only when that
     benchmark is actually parsed or its --help shown (not for every `visloc` invocation)."""
@@ -109,6 +116,7 @@ class _LazyBenchParser(argparse.ArgumentParser):
             pass  # unavailable: run() reports why, with --out still accepted
         else:
             mod.add_arguments(self)
+            _state_defaults(self)
         _add_out(self)
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]

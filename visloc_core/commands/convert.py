@@ -61,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--nvm-width",
         type=int,
         default=1920,
-        help="width in pixels of the images reconstruction.nvm was built from (its focal lengths refer to it)",
+        help="width in pixels of the images reconstruction.nvm was built from (its focal lengths refer to it; "
+        "default 1920)",
     )
 
     p = sub.add_parser(
