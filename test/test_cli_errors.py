@@ -83,3 +83,19 @@ def test_query_image_contract_is_one_check_for_every_localizer():
     ]:
         with pytest.raises(ValueError, match=message):
             check_query_image(bad, cam)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "c.yaml", "--data", "d", "--out", "a", "--epochs", "0"],
+        ["map", "build", "c.yaml", "--data", "d", "--out", "a", "--max-frames", "0"],
+        ["replay", "bag", "art", "--out", "r", "--max-frames", "-3"],
+    ],
+)
+def test_zero_counts_are_refused_not_read_as_unset(argv, capsys):
+    """0 was falsy: `--epochs 0` trained the config's 30 epochs, `--max-frames 0` used every frame."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "must be >= 1" in capsys.readouterr().err

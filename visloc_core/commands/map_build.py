@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from . import positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
@@ -19,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="train", help="dataset split of the mapping images (default: train)")
     parser.add_argument("--scene", default=None, help="only this scene (overrides the config's 'scene')")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 (default: cpu)")
-    parser.add_argument("--max-frames", type=int, default=None, help="use only the first N frames (quick tests)")
+    parser.add_argument(
+        "--max-frames", type=positive_int, default=None, help="use only the first N frames (quick tests)"
+    )
     parser.add_argument(
         "--set",
         action="append",

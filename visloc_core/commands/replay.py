@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from . import positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bag", metavar="BAG", help="rosbag2 folder or file (sqlite3 or mcap)")
@@ -48,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="cpu", help="torch device of the node (cpu, cuda)")
     parser.add_argument("--condition", default="normal", help="condition label of these frames in the report")
-    parser.add_argument("--max-frames", type=int, help="replay only the first N images")
+    parser.add_argument("--max-frames", type=positive_int, help="replay only the first N images")
     parser.add_argument(
         "--param",
         action="append",

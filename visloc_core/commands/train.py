@@ -12,6 +12,7 @@ import re
 import sys
 
 from ..training.config import load_yaml
+from . import positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--epochs",
-        type=int,
+        type=positive_int,
         default=None,
         help="override the number of epochs (with several stages: scaled proportionally, >= 1 each)",
     )
