@@ -77,16 +77,6 @@ def raw_image_pixels(msg) -> np.ndarray:
     return px
 
 
-def rgb_from_pixels(px: np.ndarray) -> np.ndarray:
-    """Stored pixels (see :func:`raw_image_pixels`) -> RGB uint8 (H, W, 3), as the dataset reader
-    returns them (mono16 is scaled by 1/256 as OpenCV does when it reads a 16-bit PNG as colour)."""
-    if px.dtype == np.uint16:
-        px = (px >> 8).astype(np.uint8)
-    if px.ndim == 2:
-        return np.repeat(px[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(px[:, :, :3])
-
-
 def compressed_image(msg) -> tuple[bytes, str, int, int]:
     """sensor_msgs/CompressedImage -> (file bytes, 'png'|'jpg', width, height).
 

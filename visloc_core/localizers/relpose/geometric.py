@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ...geometry import PinholeCamera, invert_T
+from ...geometry import PinholeCamera
 from .base import RELPOSE_ESTIMATORS, Keyframe, RelPoseEstimate, RelPoseEstimator
 from .features import LocalFeatures, XFeatExtractor, match_lighterglue, match_mutual_nn
 from .solvers import normalise_points, solve_essential, solve_pnp
@@ -259,8 +259,3 @@ def _build_xfeat(cfg: dict, device: str = "cpu") -> RelPoseEstimator:
 def _build_sift(cfg: dict, device: str = "cpu") -> RelPoseEstimator:
     d = {"solver": "opencv_ransac", "pnp": False, **dict(cfg or {}), "device": device}
     return SiftEstimator(GeometricConfig.from_dict(d))
-
-
-def relative_pose_truth(T_world_q: np.ndarray, T_world_r: np.ndarray) -> np.ndarray:
-    """T_q_r from two world poses (for tests and benchmarks)."""
-    return invert_T(T_world_q) @ T_world_r
