@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..atomic import replace_folder
 from ..geometry import PinholeCamera, T_from_position_quat_wxyz, position_quat_wxyz_from_T
 
 FORMAT_NAME = "visloc-dataset"
@@ -252,15 +252,9 @@ class DatasetWriter:
                 w.writerows(rows)
             self.manifest["sequences"][f"{scene}/{sequence}"]["n_frames"] = len(rows)
         (self.tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=2))
-        if self.out.exists():
-            if not self.overwrite:
-                raise FileExistsError(f"{self.out} appeared while writing; the new dataset is left at {self.tmp}")
-            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
-            os.rename(self.out, old)
-            os.rename(self.tmp, self.out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(self.tmp, self.out)
+        if self.out.exists() and not self.overwrite:
+            raise FileExistsError(f"{self.out} appeared while writing; the new dataset is left at {self.tmp}")
+        replace_folder(self.tmp, self.out)
         self._committed = True
         return self.out
 

@@ -31,7 +31,6 @@ interrupted run never leaves a half-written bag under the final name.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -39,6 +38,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ...atomic import replace_folder
 from ...geometry import (
     ROS_OPTICAL_TO_BODY,
     PinholeCamera,
@@ -352,15 +352,9 @@ class SequenceBagWriter:
             self._flush_odometry(int(self._odom[0][-1]))
         self._writer.close()
         built = self._tmpdir / self.path.name
-        if self.path.exists():
-            if not self.overwrite:
-                raise FileExistsError(f"{self.path} appeared while writing; the new bag is left at {built}")
-            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
-            os.rename(self.path, old)
-            os.rename(built, self.path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(built, self.path)
+        if self.path.exists() and not self.overwrite:
+            raise FileExistsError(f"{self.path} appeared while writing; the new bag is left at {built}")
+        replace_folder(built, self.path)
         shutil.rmtree(self._tmpdir, ignore_errors=True)
         self._closed = True
         log.info("wrote bag %s (%s)", self.path, ", ".join(f"{k}: {v}" for k, v in self.counts.items()))

@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 import yaml
 
+from ...atomic import replace_folder
 from ...data.layout import Dataset, FrameRecord
 from ...geometry import PinholeCamera
 from ..loading import check_device
@@ -277,13 +278,7 @@ def build_map(
         }
         (tmp / "artifact.json").write_text(json.dumps(meta, indent=2))
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; an artifact is meant to be shared
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
+        replace_folder(tmp, out)
         ok = True
         log.info("map written to %s (%d keyframes)", out, len(keyframes))
         return out

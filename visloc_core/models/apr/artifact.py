@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import yaml
 
+from ...atomic import replace_folder
 from ..registry import SceneSpec, build_apr_model
 
 ARTIFACT_KIND = "apr"
@@ -152,13 +153,7 @@ def write_apr_artifact(
         for name, src in (extra_files or {}).items():
             if Path(src).is_file():
                 shutil.copyfile(src, tmp / name)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{int(time.time())}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
