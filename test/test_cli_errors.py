@@ -99,3 +99,11 @@ def test_zero_counts_are_refused_not_read_as_unset(argv, capsys):
         main(argv)
     assert exc.value.code == 2
     assert "must be >= 1" in capsys.readouterr().err
+
+
+def test_top_level_help_names_the_nested_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "dataset from-bag: make a dataset from a rosbag2 recording" in text
+    assert "map build: build a retrieval map" in text

@@ -41,7 +41,9 @@ def _build_parser() -> argparse.ArgumentParser:
         target = sub
         if len(parts) == 2:
             if parts[0] not in groups:
-                gp = sub.add_parser(parts[0], help=f"{parts[0]} commands")
+                members = [n.split()[1] for n in COMMANDS if n.split()[0] == parts[0] and " " in n]
+                group_help = " | ".join(members) + (f": {help_text}" if len(members) == 1 else "")
+                gp = sub.add_parser(parts[0], help=group_help)
                 groups[parts[0]] = gp.add_subparsers(dest=f"{parts[0]}_command", metavar="COMMAND", required=True)
             target = groups[parts[0]]
         p = target.add_parser(parts[-1], help=help_text, description=help_text)
