@@ -119,3 +119,9 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert "not a rosbag2 folder (no metadata.yaml)" in capsys.readouterr().err
     assert main(["replay", str(bag), str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "is not a visloc artifact (no artifact.json)" in capsys.readouterr().err
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "artifact.json").write_text('{"kind": "apr"}')
+    assert main(["replay", str(bag), str(art), "--out", str(tmp_path / "r"), "--param", "max_jump=2"]) == 2
+    err = capsys.readouterr().err
+    assert "--param max_jump: not a localizer node parameter" in err and "max_jump_m" in err

@@ -223,6 +223,13 @@ def _node_params(o: ReplayOptions, plan: _BagPlan) -> dict:
         "base_to_camera_rotation_xyzw": [float(v) for v in q_xyzw],
         "diagnostics_period_s": 1.0,
     }
+    from visloc_ros.localizer_node import PARAMETERS
+
+    unknown = sorted(set(o.node_params) - set(PARAMETERS) - {"use_sim_time"})  # + the one every node has
+    if unknown:  # the node would ignore an undeclared parameter without a word
+        raise ReplayError(
+            f"--param {', '.join(unknown)}: not a localizer node parameter; known: {', '.join(PARAMETERS)}"
+        )
     params.update(o.node_params)
     return params
 
