@@ -319,6 +319,9 @@ def test_cli_writes_dataset_preview_and_refuses_overwrite(tmp_path, capsys):
     assert ds.load_rgb(f).shape == (48, 64, 3) and f.camera.width == 64
     assert main(args) == 2  # exists: clear error, not overwritten
     assert "--overwrite" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("x")
+    assert main(["synth", "indoor_room", "--out", str(tmp_path / "d2"), "--bag", str(tmp_path / "a_file")]) == 2
+    assert "--bag" in capsys.readouterr().err and not (tmp_path / "d2").exists()
 
 
 def test_several_scenes_make_one_dataset(tmp_path):

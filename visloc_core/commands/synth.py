@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     from ..data.synth import apply_overrides, generate, load_scene
     from ..data.synth.renderer import RendererUnavailableError
 
+    if args.bag and Path(args.bag).exists() and not Path(args.bag).is_dir():  # checked before rendering
+        raise FileExistsError(f"--bag {args.bag} is a file; give a folder (one bag per sequence is made in it)")
     specs = []
     for scene in args.scene:
         spec = load_scene(scene)
