@@ -107,3 +107,21 @@ def test_top_level_help_names_the_nested_commands(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "dataset from-bag: make a dataset from a rosbag2 recording" in text
     assert "map build: build a retrieval map" in text
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"kind": "slam"}', "unknown artifact kind 'slam'; known: apr, relpose"),
+        ('{"kind": "relpose"}', "the relpose artifact is incomplete (missing "),
+        ("{not json", "artifact.json is not valid JSON"),
+        ("[1, 2]", "has no 'kind'"),
+    ],
+)
+def test_damaged_artifacts_are_named(tmp_path, content, message):
+    from visloc_core.localizers.loading import load_localizer
+
+    (tmp_path / "artifact.json").write_text(content)
+    with pytest.raises((ValueError, FileNotFoundError)) as info:
+        load_localizer(tmp_path)
+    assert message in str(info.value)

@@ -30,8 +30,11 @@ def read_artifact_meta(artifact_dir: str | Path) -> dict:
         raise FileNotFoundError(
             f"{path} is not a visloc artifact (no artifact.json); make one with `visloc train` or `visloc map build`"
         )
-    meta = json.loads(meta_file.read_text())
-    if "kind" not in meta:
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{meta_file} is not valid JSON ({err}); the artifact is damaged, rebuild it") from err
+    if not isinstance(meta, dict) or "kind" not in meta:
         raise ValueError(f"{meta_file} has no 'kind' (expected one of: {', '.join(_PLUGIN_MODULES)})")
     return meta
 
@@ -52,6 +55,16 @@ def load_localizer(artifact_dir: str | Path, device: str = "cpu") -> Localizer:
     meta = read_artifact_meta(artifact_dir)
     check_device(device)
     kind = meta["kind"]
-    if kind not in LOCALIZERS and kind in _PLUGIN_MODULES:
+    if kind not in LOCALIZERS and kind not in _PLUGIN_MODULES:
+        # the registry fills on import: its own error would list only the kinds imported so far
+        raise ValueError(f"{artifact_dir}: unknown artifact kind {kind!r}; known: {', '.join(_PLUGIN_MODULES)}")
+    if kind not in LOCALIZERS:
         importlib.import_module(_PLUGIN_MODULES[kind])
-    return LOCALIZERS.build(kind, Path(artifact_dir), device)
+    try:
+        return LOCALIZERS.build(kind, Path(artifact_dir), device)
+    except FileNotFoundError as err:
+        if err.filename is None:  # already a message of ours
+            raise
+        raise FileNotFoundError(
+            f"{artifact_dir}: the {kind} artifact is incomplete (missing {err.filename}); rebuild it"
+        ) from err
