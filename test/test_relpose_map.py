@@ -13,7 +13,7 @@ from visloc_core.data.layout import Dataset
 from visloc_core.geometry import pose_errors
 from visloc_core.localizers import Status, load_localizer
 from visloc_core.localizers.relpose import RelposeLocalizer
-from visloc_core.localizers.relpose.mapping import build_map, load_config
+from visloc_core.localizers.relpose.mapping import build_map, load_config, merge_config
 
 CFG = "config/models/relpose_xfeat.yaml"
 
@@ -131,6 +131,8 @@ def test_bad_input_is_reported(xfeat_map, room, tmp_path):
     # a misspelt key, or an APR training config, is refused before any work (not silently defaulted)
     with pytest.raises(ValueError, match=r"unknown relpose config key\(s\) \['num_reference'\]"):
         build_map({**load_config(CFG), "num_reference": 3}, room, tmp_path / "m")
+    with pytest.raises(ValueError, match=r"estimator 'sfit'.*known: xfeat, sift, learned"):
+        build_map(merge_config(load_config(CFG), {"estimator": {"name": "sfit"}}), room, tmp_path / "m")
     with pytest.raises(ValueError, match="visloc train"):
         build_map(load_config("config/models/posenet.yaml"), room, tmp_path / "m")
     assert not (tmp_path / "m").exists()

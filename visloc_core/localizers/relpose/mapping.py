@@ -99,7 +99,12 @@ def build_estimator(est_cfg: dict, device: str = "cpu"):
     name = est_cfg.get("name")
     if not name:
         raise ValueError("estimator config needs a 'name' (xfeat, sift or learned)")
-    if name not in RELPOSE_ESTIMATORS and name in ESTIMATOR_MODULES:
+    if name not in RELPOSE_ESTIMATORS and name not in ESTIMATOR_MODULES:
+        # the registry fills on import: its own error would list only the estimators imported so far
+        raise ValueError(
+            f"unknown relative-pose estimator {name!r} (estimator.name); known: {', '.join(ESTIMATOR_MODULES)}"
+        )
+    if name not in RELPOSE_ESTIMATORS:
         importlib.import_module(ESTIMATOR_MODULES[name])
     return RELPOSE_ESTIMATORS.build(name, {k: v for k, v in est_cfg.items() if k != "name"}, device)
 
