@@ -27,8 +27,22 @@ def test_broken_yaml_config_is_one_line_naming_file_and_place(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     command = "map build" if argv[0] == "map" else "train"
-    assert err.startswith(f"visloc {command}: error: invalid YAML ({cfg} line 2, column 2):")
+    assert err.startswith(f"visloc {command}: error: {cfg}: not valid YAML at line 2, column 2:")
     assert not (tmp_path / "a").exists()
+    # a binary file (an image given by mistake) is named too
+    cfg.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{cfg} is not a YAML text file" in err
+
+
+def test_broken_yaml_value_on_the_command_line(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("kind: relpose\n")
+    argv = ["map", "build", str(cfg), "--data", str(tmp_path), "--out", str(tmp_path / "a"), "--set", "x=[1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "invalid YAML (line 1, column 3)" in err and "file" not in err
 
 
 def test_broken_scene_yaml(tmp_path, capsys):

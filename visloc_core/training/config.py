@@ -12,7 +12,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ..yaml_io import load_yaml_file
 
 DEFAULT_CONF: dict[str, Any] = {
     "task": "apr",  # trainer module: visloc_core.training.<task>
@@ -90,8 +90,7 @@ def load_yaml(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"config {p} does not exist (see config/models/*.yaml)")
-    with p.open() as f:  # a file stream: a YAML error then names the file
-        cfg = yaml.safe_load(f) or {}
+    cfg = load_yaml_file(p) or {}
     if not isinstance(cfg, dict):
         raise ValueError(f"config {p} must be a YAML mapping at the top level")
     return cfg

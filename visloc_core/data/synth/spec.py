@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from ...geometry import ROS_OPTICAL_TO_BODY, PinholeCamera, T_from_R_t
+from ...yaml_io import load_yaml_file
 
 # Semantic classes written to every synthetic dataset (id -> name). Ids are stable across scenes
 # so a model trained on one preset reads the other's labels.
@@ -558,12 +558,9 @@ def load_scene(path: str | Path) -> SceneSpec:
             f"scene file {path} not found; presets: {', '.join(sorted(x.stem for x in preset_dir().glob('*.yaml')))}"
         )
     try:
-        with p.open() as f:  # a file stream: the parser's error marks then name the file
-            data = yaml.safe_load(f)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise SceneSpecError(f"{p}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from err
+        data = load_yaml_file(p)
+    except ValueError as err:
+        raise SceneSpecError(str(err)) from err
     return parse_scene(data, str(p))
 
 

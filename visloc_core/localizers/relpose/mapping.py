@@ -38,6 +38,7 @@ import yaml
 from ...atomic import replace_folder
 from ...data.layout import Dataset, FrameRecord
 from ...geometry import PinholeCamera
+from ...yaml_io import load_yaml_file
 from ..loading import check_device
 from .base import RELPOSE_ESTIMATORS, Keyframe
 from .retrieval import DescriptorIndex, RetrievalConfig
@@ -83,8 +84,7 @@ def load_config(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config {path} does not exist (see config/models/relpose_*.yaml)")
-    with path.open() as f:  # a file stream: a YAML error then names the file
-        cfg = yaml.safe_load(f) or {}
+    cfg = load_yaml_file(path) or {}
     if not isinstance(cfg, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     kind = cfg.get("kind", "relpose")
