@@ -67,6 +67,14 @@ def test_unknown_apr_model_lists_every_model_not_only_imported_ones():
         assert name in str(info.value)
 
 
+def test_unknown_apr_model_is_named_before_the_dataset_is_read(tmp_path, capsys):
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("model:\n  name: resnet_posenet\n")
+    assert main(["train", str(cfg), "--data", str(tmp_path / "no_dataset"), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown APR model 'resnet_posenet' (model.name); known: posenet" in err
+
+
 def test_bad_torch_device_is_named_before_any_loading(tmp_path):
     art = tmp_path / "art"
     art.mkdir()
