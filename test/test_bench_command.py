@@ -143,7 +143,7 @@ def test_bench_list_matches_the_modules_in_the_tree(capsys) -> None:
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(BENCHMARKS)
     for name, line in zip(BENCHMARKS, lines):
-        exists = importlib.util.find_spec(f"visloc_core.evaluation.bench.{BENCHMARKS[name]}") is not None
+        exists = importlib.util.find_spec(bench_cmd.module_path(name)) is not None
         assert line.split()[:2] == [name, "available" if exists else "unavailable"]
     assert "relpose" in BENCHMARKS and "relpose" in "".join(ln for ln in lines if "available " in ln)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from visloc_core.evaluation.bench import node as bench_node
+from visloc_ros import bench_node
 
 
 def test_bench_node_small_run(tmp_path):

@@ -37,11 +37,18 @@ _PACKAGE = "visloc_core.evaluation.bench"
 MAX_TABLE_ROWS = 80
 
 
+def module_path(name: str) -> str:
+    """Full module name of benchmark ``name``: a dotted entry of BENCHMARKS is absolute (benchmarks
+    that need ROS live in visloc_ros), a plain one is a module of visloc_core/evaluation/bench."""
+    entry = BENCHMARKS[name]
+    return entry if "." in entry else f"{_PACKAGE}.{entry}"
+
+
 def load_benchmark(name: str) -> ModuleType:
     """Import the module of benchmark ``name``; ValueError (naming what exists) when it cannot."""
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)} (see `visloc bench --list`)")
-    module_name = f"{_PACKAGE}.{BENCHMARKS[name]}"
+    module_name = module_path(name)
     try:
         mod = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
@@ -71,7 +78,7 @@ def static_help(name: str) -> str | None:
     """The module's HELP string read from its source WITHOUT importing it (benchmark modules may import
     torch at the top; building the CLI parser must stay fast). None when the module does not exist."""
     try:
-        spec = importlib.util.find_spec(f"{_PACKAGE}.{BENCHMARKS[name]}")
+        spec = importlib.util.find_spec(module_path(name))
     except (ImportError, ValueError):
         return None
     if spec is None or not spec.origin or not Path(spec.origin).is_file():

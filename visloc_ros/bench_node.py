@@ -20,7 +20,7 @@
 
 The artifact: ``--artifact`` or, by default, a PoseNet with MobileNetV2 (ImageNet weights, not
 trained on poses: accuracy is irrelevant to speed and memory) at the image size, written as a real
-``apr`` artifact. ROS imports happen inside ``run`` (visloc_core imports no rclpy at module level).
+``apr`` artifact. It lives in visloc_ros because it drives the node over DDS (rclpy).
 Nothing is asserted: the numbers are measured and returned.
 """
 
@@ -76,9 +76,9 @@ def _images(n: int, width: int, height: int) -> list[np.ndarray]:
 
 def _default_artifact(folder: Path, width: int, height: int) -> Path:
     """A real 'apr' artifact: PoseNet/MobileNetV2 with ImageNet weights, identity pose statistics."""
-    from ...models.apr.artifact import SceneStats, write_apr_artifact
-    from ...models.registry import SceneSpec, build_apr_model
-    from ...training.config import apr_config
+    from visloc_core.models.apr.artifact import SceneStats, write_apr_artifact
+    from visloc_core.models.registry import SceneSpec, build_apr_model
+    from visloc_core.training.config import apr_config
 
     cfg = apr_config(
         {
@@ -101,14 +101,13 @@ def run(args: argparse.Namespace) -> dict:
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CameraInfo, Image
-    from visloc_ros.msg import LocalizationResult
 
+    from visloc_core.evaluation.bench.timing import machine_info, ratio, set_threads
+    from visloc_core.geometry import PinholeCamera
+    from visloc_core.localizers.loading import load_localizer
     from visloc_ros import conversions as conv
+    from visloc_ros.msg import LocalizationResult
     from visloc_ros.replay import NodeProcess, _ResourceSampler, _stats
-
-    from ...geometry import PinholeCamera
-    from ...localizers.loading import load_localizer
-    from .timing import machine_info, ratio, set_threads
 
     set_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the node subprocess inherits it
