@@ -57,3 +57,28 @@ def test_disabled_bounds():
     gate = SanityGate(GateConfig(max_jump_m=0.0, max_jump_deg=0.0, window_s=10.0))
     gate.check(res([0, 0, 0]), 0)
     assert gate.check(res([100, 0, 0], yaw_deg=170), S).status == Status.LOCALIZED
+
+
+def test_consistent_jumps_are_confirmed_as_the_new_pose():
+    """A wrong fix slipped through at (0,0,0); the true place (3,0,0) is rejected twice, then the third
+    consistent frame is accepted and becomes the reference. Inconsistent jumps never confirm."""
+    gate = SanityGate(GateConfig(max_jump_m=1.0, max_jump_deg=30.0, window_s=10.0, confirm_frames=3))
+    gate.check(res([0, 0, 0]), 0)
+    assert gate.check(res([3.0, 0, 0]), 1 * S).status == Status.REJECTED
+    assert gate.check(res([3.1, 0, 0]), 2 * S).status == Status.REJECTED
+    assert gate.check(res([3.2, 0, 0]), 3 * S).status == Status.LOCALIZED
+    assert gate.reference[0] == 3 * S and np.isclose(gate.reference[1][0, 3], 3.2)
+    assert gate.check(res([3.3, 0, 0]), 4 * S).status == Status.LOCALIZED
+    # scattered outliers (each far from the previous one) are rejected however many come
+    for k, x in enumerate([8.0, -5.0, 8.0, -5.0, 8.0]):
+        assert gate.check(res([x, 0, 0]), (5 + k) * S).status == Status.REJECTED
+    # an accepted pose in between restarts the count
+    gate2 = SanityGate(GateConfig(max_jump_m=1.0, window_s=10.0, confirm_frames=2))
+    gate2.check(res([0, 0, 0]), 0)
+    assert gate2.check(res([3, 0, 0]), 1 * S).status == Status.REJECTED
+    assert gate2.check(res([0.1, 0, 0]), 2 * S).status == Status.LOCALIZED
+    assert gate2.check(res([3, 0, 0]), 3 * S).status == Status.REJECTED
+    # confirm_frames 0: never confirmed inside the window
+    gate3 = SanityGate(GateConfig(max_jump_m=1.0, window_s=10.0, confirm_frames=0))
+    gate3.check(res([0, 0, 0]), 0)
+    assert all(gate3.check(res([3, 0, 0]), k * S).status == Status.REJECTED for k in range(1, 6))

@@ -112,6 +112,10 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "max_jump_m": (1.0, "sanity gate: reject a pose further than this (m) from the last accepted one; <= 0 off"),
     "max_jump_deg": (30.0, "sanity gate: reject an orientation change above this (deg); <= 0 off"),
     "jump_window_s": (2.0, "sanity gate: the last accepted pose is a reference for this long (s); <= 0 off"),
+    "jump_confirm_frames": (
+        3,
+        "sanity gate: this many consecutive jumps that agree with each other are accepted as the new pose; 0 never",
+    ),
     "prior_timeout_s": (10.0, "an initialpose is used as the localizer's prior for this long (s); <= 0 forever"),
     "odom_buffer_s": (10.0, "seconds of odometry kept for interpolation at image stamps"),
     "odom_extrapolation_s": (0.05, "an image up to this much newer than the newest odometry uses that odometry"),
@@ -260,7 +264,12 @@ class LocalizerNode(LifecycleNode):
             self.localizer = None
             return TransitionCallbackReturn.FAILURE
         self._gate = SanityGate(
-            GateConfig(float(self._p("max_jump_m")), float(self._p("max_jump_deg")), float(self._p("jump_window_s")))
+            GateConfig(
+                float(self._p("max_jump_m")),
+                float(self._p("max_jump_deg")),
+                float(self._p("jump_window_s")),
+                int(self._p("jump_confirm_frames")),
+            )
         )
         self._odom = PoseBuffer(
             max_age_ns=int(float(self._p("odom_buffer_s")) * 1e9),

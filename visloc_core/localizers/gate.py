@@ -9,7 +9,10 @@ Two checks, in this order:
    is turned into REJECTED (with a reason) -- but only while that last accepted pose is recent
    (within ``window_s`` seconds of the new stamp). After the window the gate accepts again, so a
    wrong first fix cannot lock the gate forever; ``reset()`` (the node's ``relocalize`` service,
-   a new /initialpose) forgets the reference at once.
+   a new /initialpose) forgets the reference at once. And when ``confirm_frames`` consecutive
+   jump-rejected results agree with each other (each within the bounds of the one before), the
+   newest is accepted and becomes the reference: a wrong fix that slipped through is then
+   replaced after a few frames instead of blocking correct ones for the whole window.
 
 Poses are 4x4 ``T_world_cam`` (geometry conventions), stamps integer nanoseconds.
 """
@@ -30,6 +33,7 @@ class GateConfig:
     max_jump_m: float = 1.0  # largest accepted camera-centre move from the last accepted pose (m); <= 0 disables
     max_jump_deg: float = 30.0  # largest accepted orientation change (deg); <= 0 disables
     window_s: float = 2.0  # the last accepted pose is a reference for this long (s); <= 0 disables the jump check
+    confirm_frames: int = 3  # this many consecutive, mutually consistent jumps are accepted; <= 0 never
 
 
 class SanityGate:
@@ -39,6 +43,15 @@ class SanityGate:
         self.config = config or GateConfig()
         self._last_stamp_ns: int | None = None
         self._last_T_world_cam: np.ndarray | None = None
+        self._jumps: list[np.ndarray] = []  # consecutive jump-rejected poses that agree with each other
+
+    def _within_bounds(self, T_a: np.ndarray, T_b: np.ndarray) -> tuple[bool, float, float]:
+        cfg = self.config
+        jump_m = float(np.linalg.norm(T_a[:3, 3] - T_b[:3, 3]))
+        jump_deg = float(rotation_angle_deg(T_a[:3, :3] @ T_b[:3, :3].T))
+        too_far = cfg.max_jump_m > 0 and jump_m > cfg.max_jump_m
+        too_turned = cfg.max_jump_deg > 0 and jump_deg > cfg.max_jump_deg
+        return not (too_far or too_turned), jump_m, jump_deg
 
     @property
     def reference(self) -> tuple[int, np.ndarray] | None:
@@ -51,6 +64,7 @@ class SanityGate:
         """Forget the last accepted pose (forced global relocalization)."""
         self._last_stamp_ns = None
         self._last_T_world_cam = None
+        self._jumps = []
 
     def check(self, result: LocalizationResult, stamp_ns: int) -> LocalizationResult:
         """Return ``result`` unchanged when accepted (and remember it), or a REJECTED copy."""
@@ -65,18 +79,21 @@ class SanityGate:
             ref_stamp, ref_T = ref
             dt_s = abs(int(stamp_ns) - ref_stamp) * 1e-9
             if dt_s <= cfg.window_s:
-                jump_m = float(np.linalg.norm(T[:3, 3] - ref_T[:3, 3]))
-                jump_deg = float(rotation_angle_deg(T[:3, :3] @ ref_T[:3, :3].T))
-                too_far = cfg.max_jump_m > 0 and jump_m > cfg.max_jump_m
-                too_turned = cfg.max_jump_deg > 0 and jump_deg > cfg.max_jump_deg
-                if too_far or too_turned:
-                    reason = (
-                        f"jump of {jump_m:.2f} m / {jump_deg:.1f} deg from the pose accepted {dt_s:.2f} s earlier "
-                        f"exceeds the bound {cfg.max_jump_m:g} m / {cfg.max_jump_deg:g} deg "
-                        "(call the relocalize service to accept a new place)"
-                    )
-                    extras = dict(result.extras, jump_m=jump_m, jump_deg=jump_deg)
-                    return dataclasses.replace(result, status=Status.REJECTED, status_reason=reason, extras=extras)
+                ok, jump_m, jump_deg = self._within_bounds(T, ref_T)
+                if not ok:
+                    # a run of jumps that agree with each other is a new place, not an outlier
+                    if self._jumps and not self._within_bounds(T, self._jumps[-1])[0]:
+                        self._jumps = []
+                    self._jumps.append(T.copy())
+                    if cfg.confirm_frames <= 0 or len(self._jumps) < cfg.confirm_frames:
+                        reason = (
+                            f"jump of {jump_m:.2f} m / {jump_deg:.1f} deg from the pose accepted {dt_s:.2f} s earlier "
+                            f"exceeds the bound {cfg.max_jump_m:g} m / {cfg.max_jump_deg:g} deg "
+                            "(call the relocalize service to accept a new place)"
+                        )
+                        extras = dict(result.extras, jump_m=jump_m, jump_deg=jump_deg)
+                        return dataclasses.replace(result, status=Status.REJECTED, status_reason=reason, extras=extras)
+        self._jumps = []
         self._last_stamp_ns = int(stamp_ns)
         self._last_T_world_cam = T.copy()
         return result
