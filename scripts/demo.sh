@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${DEMO_OUT:-demo_out}
-EPOCHS=${DEMO_EPOCHS:-20}        # the config says 30 (docs/STATUS.md); 20 keeps the demo short on 2 cores
+EPOCHS=${DEMO_EPOCHS:-}          # override the config's 30 epochs (quick checks)
 MAX_FRAMES=${DEMO_MAX_FRAMES:-}  # fewer frames per sequence (quick checks)
 mkdir -p "$OUT"
 start=$(date +%s)
