@@ -200,3 +200,49 @@ def test_eval_error_mid_run_keeps_a_partial_report(setup, monkeypatch, capsys) -
     assert "cannot read image" in capsys.readouterr().err
     rep = json.loads((out / "report.json").read_text())
     assert rep["partial"] is True and rep["n_frames"] == 2 and "cannot read image" in rep["meta"]["error"]
+
+
+def test_eval_passes_the_dataset_class_maps_to_localizers_that_use_them(setup, monkeypatch, tmp_path) -> None:
+    """A localizer with uses_semantics gets each frame's semantic/ image (bit-exact), and none with
+    --semantics none; frames without a class map are counted in the report."""
+    import cv2
+    import skimage.data
+    from apr_tiny import image_at, pose_at
+
+    from visloc_core.data.layout import DatasetWriter
+
+    data = tmp_path / "sem"
+    cam = Dataset(setup["data"]).frames("test")[0].camera
+    texture = cv2.resize(skimage.data.astronaut(), (384, 192), interpolation=cv2.INTER_AREA)  # as make_tiny_dataset
+    with DatasetWriter(data, source={"type": "test-semantic"}) as w:
+        w.set_scene("line", description="a photograph seen through a sliding window")
+        for i, s in enumerate([0.2, 0.5, 0.8]):
+            sem = np.full((cam.height, cam.width), i + 1, np.uint8) if i < 2 else None
+            img = image_at(s, texture)
+            w.add_frame("line", "q", f"{i:04d}", i * 100_000_000, pose_at(s), cam, img, semantic_HW=sem)
+        w.set_split("test", ["line/q"])
+    real_load = evaluate_cmd.load_localizer
+    seen = []
+
+    def load_spy(path, device="cpu"):
+        loc = real_load(path, device=device)
+        real_localize = loc.localize
+        loc.uses_semantics = True
+
+        def localize(image, camera, stamp_ns, prior=None, query_semantic_HW=None):
+            seen.append(None if query_semantic_HW is None else np.unique(query_semantic_HW).tolist())
+            return real_localize(image, camera, stamp_ns, prior)
+
+        loc.localize = localize
+        return loc
+
+    monkeypatch.setattr(evaluate_cmd, "load_localizer", load_spy)
+    out = tmp_path / "rep"
+    assert visloc_main(["eval", str(setup["art"]), "--data", str(data), "--out", str(out), "--no-plots"]) == 0
+    assert seen == [[1], [2], None]
+    meta = json.loads((out / "report.json").read_text())["meta"]
+    assert meta["query_semantics"] == "dataset" and meta["frames_without_semantics"] == 1
+    seen.clear()
+    args = ["eval", str(setup["art"]), "--data", str(data), "--out", str(out), "--no-plots", "--overwrite"]
+    assert visloc_main([*args, "--semantics", "none"]) == 0
+    assert seen == [None, None, None]

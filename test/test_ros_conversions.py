@@ -183,3 +183,20 @@ def test_localization_result_round_trip():
     nl = conv.result_to_msg(LocalizationResult.not_localized("apr/posenet", "no scene"), 5, "map")
     assert nl.pose.pose.orientation.w == 1.0 and np.all(np.isnan(nl.pose.covariance))
     assert np.all(np.isnan(conv.msg_to_result(nl)[0].T_world_cam))
+
+
+def test_class_maps_keep_their_ids_in_8_and_16_bit_with_padding_and_byte_order():
+    ids8 = (np.arange(30 * 40).reshape(30, 40) % 251).astype(np.uint8)
+    np.testing.assert_array_equal(conv.image_to_classes(conv.classes_to_image(ids8)), ids8)
+    ids16 = (np.arange(30 * 40).reshape(30, 40) * 37 % 65000).astype(np.uint16)
+    msg = conv.classes_to_image(ids16)
+    assert msg.encoding == "mono16"
+    np.testing.assert_array_equal(conv.image_to_classes(msg), ids16)
+    big = np.pad(ids16.astype(">u2").view(np.uint8).reshape(30, 80), ((0, 0), (0, 4)))  # big-endian, 4 pad bytes
+    np.testing.assert_array_equal(conv.image_to_classes(_msg(30, 40, "16UC1", 84, big.tobytes(), True)), ids16)
+    padded = np.pad(ids8, ((0, 0), (0, 3)))
+    np.testing.assert_array_equal(conv.image_to_classes(_msg(30, 40, "8UC1", 43, padded.tobytes())), ids8)
+    with pytest.raises(conv.BadInputError, match="class map encoding 'rgb8'"):
+        conv.image_to_classes(conv.rgb_to_image(np.zeros((4, 4, 3), np.uint8)))
+    with pytest.raises(conv.BadInputError, match="step"):
+        conv.image_to_classes(_msg(30, 40, "mono8", 40, ids8.tobytes()[:-1]))

@@ -370,3 +370,37 @@ def test_localizer_rejection_and_exceptions_pass_through_as_diagnostics(session_
     s.probe.publish_frame(conv.rgb_to_image(img, "rgb8", t0 + 2), wait_topic="pose")
     assert [conv.stamp_to_ns(m.header.stamp) for m in s.probe.get("pose")] == [t0 + 2]
     assert s.probe.count("/tf") == 1
+
+
+def test_class_maps_on_the_semantic_topic_reach_a_localizer_that_uses_them(session_factory):
+    """semantic:=true: the class map published with the image's stamp is the one passed to the
+    localizer (bit-exact); a frame whose class map never comes is localized without one and counted."""
+    s = session_factory(semantic=True, semantic_timeout_s=0.3)
+    s.send_camera_info()
+    from sensor_msgs.msg import Image
+
+    sem_pub = s.probe.node.create_publisher(Image, "semantic", 10)
+    s.probe.wait_for(lambda: s.node.count_publishers("semantic") >= 1, what="semantic publisher")
+    s.probe.wait_for(lambda: sem_pub.get_subscription_count() >= 1, what="semantic subscription")
+    seen = []
+    real = s.node.localizer.localize
+    s.node.localizer.uses_semantics = True  # as the learned relpose estimator with BiasNet
+
+    def spy(image, camera, stamp_ns, prior=None, query_semantic_HW=None):
+        seen.append((stamp_ns, None if query_semantic_HW is None else query_semantic_HW.copy()))
+        return real(image, camera, stamp_ns, prior)
+
+    s.node.localizer.localize = spy
+    img, _ = tiny_frames([0.5])[0]
+    h, w = img.shape[:2]
+    classes = (np.arange(h * w).reshape(h, w) % 7).astype(np.uint8)
+    t0 = 8_000_000_000_000
+    sem_pub.publish(conv.classes_to_image(classes, t0 + 5, "cam_opt"))  # another frame's map: not used
+    sem_pub.publish(conv.classes_to_image(classes[::-1].copy(), t0, "cam_opt"))
+    s.probe.wait_for(lambda: len(s.node._semantic_maps) == 2, what="class maps at the node")
+    s.probe.publish_frame(conv.rgb_to_image(img, "rgb8", t0), wait_topic="localization")
+    s.probe.publish_frame(conv.rgb_to_image(img, "rgb8", t0 + 10), wait_topic="localization")
+    assert [st for st, _ in seen] == [t0, t0 + 10]
+    np.testing.assert_array_equal(seen[0][1], classes[::-1])
+    assert seen[1][1] is None
+    assert s.node.counters()["semantic_missing"] == 1

@@ -130,6 +130,52 @@ def image_to_rgb(msg: Image) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.uint8)
 
 
+CLASS_ENCODINGS = ("mono8", "8uc1", "mono16", "16uc1")
+
+
+def image_to_classes(msg: Image) -> np.ndarray:
+    """sensor_msgs/Image of per-pixel class ids (mono8 / 8UC1 / mono16 / 16UC1, as segmentation nodes
+    publish) -> integer array (H, W), uint8 or uint16, values unchanged (no scaling, unlike
+    :func:`image_to_rgb`). Honours ``step`` padding and ``is_bigendian``."""
+    enc = str(msg.encoding).strip().lower()
+    if enc not in CLASS_ENCODINGS:
+        raise BadInputError(
+            f"class map encoding {msg.encoding!r} is not supported; publish class ids as mono8/8UC1 or mono16/16UC1"
+        )
+    dtype = np.uint8 if enc in ("mono8", "8uc1") else np.uint16
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    itemsize = np.dtype(dtype).itemsize
+    if h <= 0 or w <= 0 or len(msg.data) == 0:
+        raise BadInputError(f"class map has size {w}x{h} and {len(msg.data)} bytes; it must be non-empty")
+    if step < w * itemsize or len(msg.data) != step * h:
+        raise BadInputError(
+            f"class map data has {len(msg.data)} bytes, step {step}, {w}x{h} {enc}: step*height must equal the "
+            "data size and step must hold a row"
+        )
+    rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(h, step)[:, : w * itemsize]
+    if itemsize == 1:
+        return np.ascontiguousarray(rows)
+    order = ">" if bool(msg.is_bigendian) else "<"
+    return np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(order)).reshape(h, w).astype(np.uint16)
+
+
+def classes_to_image(classes_HW: np.ndarray, stamp_ns: int = 0, frame_id: str = "") -> Image:
+    """Integer class ids (H, W) -> sensor_msgs/Image, mono8 when all ids fit in 8 bits, else mono16."""
+    c = np.asarray(classes_HW)
+    if c.ndim != 2 or not np.issubdtype(c.dtype, np.integer) or c.min() < 0 or c.max() > 65535:
+        raise ValueError(f"need class ids (H, W) in 0..65535, got {c.dtype} {c.shape}")
+    px = c.astype(np.uint8) if c.max() <= 255 else c.astype("<u2")
+    msg = Image()
+    msg.header.stamp = ns_to_stamp(stamp_ns)
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(c.shape[0]), int(c.shape[1])
+    msg.encoding = "mono8" if px.dtype == np.uint8 else "mono16"
+    msg.is_bigendian = 0
+    msg.step = int(c.shape[1] * px.dtype.itemsize)
+    msg.data = np.ascontiguousarray(px).view(np.uint8).tobytes()
+    return msg
+
+
 def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
     """sensor_msgs/CompressedImage (jpeg or png, as image_transport's compressed plugin writes) -> RGB uint8."""
     fmt = str(msg.format).lower()

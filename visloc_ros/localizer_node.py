@@ -119,6 +119,12 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "prior_timeout_s": (10.0, "an initialpose is used as the localizer's prior for this long (s); <= 0 forever"),
     "odom_buffer_s": (10.0, "seconds of odometry kept for interpolation at image stamps"),
     "odom_extrapolation_s": (0.05, "an image up to this much newer than the newest odometry uses that odometry"),
+    "semantic": (
+        False,
+        "subscribe to `semantic` (sensor_msgs/Image of class ids, mono8/16, same stamps as the images) and pass "
+        "each frame's class map to localizers that use one (learned relpose with BiasNet)",
+    ),
+    "semantic_timeout_s": (0.1, "how long a frame waits for its class map (same stamp) before going without"),
     "diagnostics_period_s": (1.0, "period of /diagnostics messages (s)"),
     "autostart": (False, "configure and activate at start-up (for runs without a launch file)"),
     "warmup": (True, "run the localizer once on a blank image at configure, so the first real frame is not slow"),
@@ -166,6 +172,7 @@ class _Counters:
     bad_input: int = 0
     errors: int = 0
     tf_skipped: int = 0
+    semantic_missing: int = 0
     latency_sum_s: float = 0.0
     last_latency_s: float = float("nan")
     last_error: str = ""
@@ -197,6 +204,8 @@ class LocalizerNode(LifecycleNode):
         self._gate = SanityGate()
         self._odom = PoseBuffer()
         self._image_sub = None
+        self._semantic_cv = threading.Condition()
+        self._semantic_maps: dict[int, np.ndarray] = {}  # stamp_ns -> class ids (H, W), the newest few
         self._aux_subs: list = []
         self._pubs: dict = {}
         self._tf_broadcaster = None
@@ -293,6 +302,14 @@ class LocalizerNode(LifecycleNode):
         ]
         if self._p("odom_frame"):
             self._aux_subs.append(self.create_subscription(Odometry, "odom", self._on_odom, 50))
+        if self._p("semantic"):
+            if not self.localizer.uses_semantics:
+                self.get_logger().warning(f"semantic is on but {self.localizer.method} does not use class maps")
+            self._aux_subs.append(self.create_subscription(Image, "semantic", self._on_semantic, 10))
+        elif self.localizer.uses_semantics:
+            self.get_logger().warning(
+                f"{self.localizer.method} uses class maps (BiasNet) but semantic is off: it runs without them"
+            )
         self._srv = self.create_service(Trigger, "relocalize", self._on_relocalize)
         return super().on_configure(state)
 
@@ -414,6 +431,30 @@ class LocalizerNode(LifecycleNode):
             with self._lock:
                 self._counts.dropped += 1
 
+    def _on_semantic(self, msg: Image) -> None:
+        stamp_ns = conv.stamp_to_ns(msg.header.stamp)
+        try:
+            classes = conv.image_to_classes(msg)
+        except conv.BadInputError as err:
+            self._bad_input(f"class map at {stamp_ns} ns dropped: {err}")
+            return
+        with self._semantic_cv:
+            self._semantic_maps[stamp_ns] = classes
+            while len(self._semantic_maps) > 30:  # bounded: a few seconds of camera frames
+                del self._semantic_maps[min(self._semantic_maps)]
+            self._semantic_cv.notify_all()
+
+    def _semantic_for(self, stamp_ns: int) -> np.ndarray | None:
+        """The class map with exactly this stamp, waiting up to semantic_timeout_s for it."""
+        deadline = time.monotonic() + float(self._p("semantic_timeout_s"))
+        with self._semantic_cv:
+            while stamp_ns not in self._semantic_maps:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stop.is_set():
+                    return None
+                self._semantic_cv.wait(left)
+            return self._semantic_maps.pop(stamp_ns)
+
     def _on_camera_info(self, msg: CameraInfo) -> None:
         key = (msg.width, msg.height, tuple(msg.k), tuple(msg.d))
         if key == self._camera_info_key and self._camera is not None:
@@ -529,7 +570,18 @@ class LocalizerNode(LifecycleNode):
             timeout = float(self._p("prior_timeout_s"))
             if timeout <= 0 or time.monotonic() - t_prior <= timeout:
                 prior = T_prior
-        result = self.localizer.localize(rgb, camera, stamp_ns, prior)
+        kw = {}
+        if self._p("semantic") and self.localizer.uses_semantics:
+            classes = self._semantic_for(stamp_ns)
+            if classes is not None and classes.shape != (h, w):
+                self._bad_input(f"class map at {stamp_ns} ns is {classes.shape[1]}x{classes.shape[0]}, image {w}x{h}")
+                classes = None
+            if classes is None:
+                with self._lock:
+                    self._counts.semantic_missing += 1
+            else:
+                kw["query_semantic_HW"] = classes
+        result = self.localizer.localize(rgb, camera, stamp_ns, prior, **kw)
         result = self._gate.check(result, stamp_ns)
         latency_s = time.perf_counter() - t_received
         self._publish(result, msg.header.frame_id, stamp_ns, latency_s)
@@ -645,6 +697,7 @@ class LocalizerNode(LifecycleNode):
             "bad_input": c.bad_input,
             "errors": c.errors,
             "tf_skipped": c.tf_skipped,
+            "semantic_missing": c.semantic_missing,
             "last_error": c.last_error,
             "last_status_reason": c.last_status_reason,
             "input_rate_hz": f"{(c.received - prev_received) / dt:.2f}",

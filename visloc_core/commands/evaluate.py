@@ -3,7 +3,11 @@
 Loads the artifact with ``load_localizer`` and calls ``localizer.localize(rgb, camera, stamp_ns)``
 once per frame of the split, in sequence and time order, with no prior (every frame is a global
 relocalization; ``reset()`` is called at the start of each sequence). The latency of a frame is the
-wall time of that call (image decoding excluded). Writes REPORT_DIR/report.json, frames.csv,
+wall time of that call (image decoding excluded). A localizer that takes the query's class map
+(``localizer.uses_semantics``: the learned relpose estimator with BiasNet) gets the frame's class
+map from the dataset (``--semantics dataset``, the default; frames without one get none and are
+counted in ``meta.frames_without_semantics``), or none (``--semantics none``, the robot's case
+without a segmentation source). Writes REPORT_DIR/report.json, frames.csv,
 trajectory.png and error_cdf.png (evaluation/report.py documents them) and prints a summary.
 
 Ctrl-C stops early and still writes the report of the frames done so far, with ``"partial": true``;
@@ -50,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="evaluate N frames evenly spaced over the selection (in order), for a quick look",
+    )
+    parser.add_argument(
+        "--semantics",
+        choices=("dataset", "none"),
+        default="dataset",
+        help="class maps for localizers that use them (learned relpose with BiasNet): the dataset's "
+        "semantic/ images (default) or none",
     )
     parser.add_argument("--no-plots", action="store_true", help="skip trajectory.png and error_cdf.png")
     parser.add_argument("--overwrite", action="store_true", help="replace the files of an existing report in --out")
@@ -213,6 +224,12 @@ def run(args: argparse.Namespace) -> int:
         meta["torch_threads"] = torch.get_num_threads()
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
+    wants_semantics = bool(getattr(localizer, "uses_semantics", False))
+    use_semantics = wants_semantics and getattr(args, "semantics", "dataset") == "dataset"
+    meta["query_semantics"] = "dataset" if use_semantics else "none"
+    meta["frames_without_semantics"] = 0
+    if use_semantics and not any(f.semantic for f in frames):
+        log.warning("%s uses class maps but the dataset has none for these frames: running without", meta["method"])
     log.info("evaluating %s on %d frames of %s (split %s)", meta["method"], len(frames), ds.root, args.split)
     outcomes: list[FrameOutcome] = []
     partial = False
@@ -225,8 +242,14 @@ def run(args: argparse.Namespace) -> int:
                 localizer.reset()  # no temporal state carried across sequences
                 last_seq = seq
             rgb = ds.load_rgb(f)
+            kw = {}
+            if use_semantics:
+                if f.semantic:
+                    kw["query_semantic_HW"] = ds.load_semantic(f)
+                else:
+                    meta["frames_without_semantics"] += 1
             t0 = time.perf_counter()
-            result = localizer.localize(rgb, f.camera, f.stamp_ns)
+            result = localizer.localize(rgb, f.camera, f.stamp_ns, **kw)
             latency_ms = 1000.0 * (time.perf_counter() - t0)
             outcomes.append(outcome_from_result(f, conditions.get(f"{f.scene}/{f.sequence}", "normal"), result,
                                                 latency_ms))  # fmt: skip

@@ -70,6 +70,9 @@ class Localizer(ABC):
 
     #: registry name plus variant, e.g. "apr/posenet" or "relpose/xfeat"
     method: str = "unknown"
+    #: True when ``localize`` also takes ``query_semantic_HW`` (the query's class-id map, e.g. for
+    #: paper 003's BiasNet); callers that have class maps (datasets, a segmentation topic) pass them.
+    uses_semantics: bool = False
 
     @abstractmethod
     def localize(

@@ -82,6 +82,11 @@ class RelposeLocalizer(Localizer):
         )
         log.info("relpose map %s: %d keyframes, %s", self.artifact_dir, len(self.keyframes), self.method)
 
+    @property
+    def uses_semantics(self) -> bool:
+        """True when the estimator takes the query's class map (the learned one with BiasNet)."""
+        return bool(getattr(self.estimator, "uses_semantics", False))
+
     def _prepare(self, image_rgb_HW3: np.ndarray, camera: PinholeCamera) -> tuple[np.ndarray, PinholeCamera]:
         img = check_query_image(image_rgb_HW3, camera)
         if self.image_size is not None and self.image_size != (camera.width, camera.height):
