@@ -30,7 +30,7 @@ def test_bench_relpose_runs_and_reports_ratios(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mapping, "load_config", small)
     res = relpose.run(args)
-    for name in ("xfeat", "sift"):
+    for name in ("xfeat", "xfeat_fast", "sift"):
         r = res[name]
         assert r["n_frames"] == 3
         assert {"retrieval", "features", "matching", "geometry", "filtering", "total"} <= set(r["stage_ms"])
@@ -41,7 +41,7 @@ def test_bench_relpose_runs_and_reports_ratios(tmp_path, monkeypatch):
     from visloc_core.localizers.relpose import RelposeLocalizer
 
     ds = Dataset(data)
-    for name in ("xfeat", "sift"):
+    for name in ("xfeat", "xfeat_fast", "sift"):
         loc = RelposeLocalizer(tmp_path / "w" / f"map_{name}")
         errs = []
         for fr in ds.frames("test"):
@@ -53,6 +53,12 @@ def test_bench_relpose_runs_and_reports_ratios(tmp_path, monkeypatch):
     # the ratio fields are what they say
     assert np.isclose(res["speed_ratio"], res["sift"]["latency_ms"]["median"] / res["xfeat"]["latency_ms"]["median"])
     assert res["speed_ratio_per_query_median"] > 0
+    assert np.isclose(
+        res["speed_ratio_fast"], res["sift"]["latency_ms"]["median"] / res["xfeat_fast"]["latency_ms"]["median"]
+    )
+    assert np.isclose(
+        res["error_ratio_translation_fast"], res["xfeat_fast"]["median_translation_m"] / res["sift"]["median_translation_m"]
+    )
     # the solver comparison recovers the synthetic poses (noise 0.5 px): poselib within a degree
     assert res["solvers"]["poselib"]["median_rotation_deg"] < 1.0
     assert res["solvers"]["poselib"]["failures"] == 0
