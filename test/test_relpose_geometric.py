@@ -133,6 +133,21 @@ def test_fast_xfeat_equals_the_packages_detect_and_compute(rendered_pair, size):
     np.testing.assert_allclose(ours.scores_N, ref["scores"].numpy(), rtol=1e-4, atol=1e-7)
 
 
+def test_onnxruntime_xfeat_gives_the_torch_features(rendered_pair):
+    """runtime onnxruntime: the same keypoints (up to ties of near-equal scores) and descriptors."""
+    rgb = rendered_pair[3]
+    a = XFeatExtractor(512).extract(rgb)
+    b = XFeatExtractor(512, runtime="onnxruntime").extract(rgb)
+    key_a = {tuple(k) for k in a.keypoints_N2.tolist()}
+    common = [i for i, k in enumerate(b.keypoints_N2.tolist()) if tuple(k) in key_a]
+    assert len(common) >= 0.99 * len(a.keypoints_N2) and abs(len(a.keypoints_N2) - len(b.keypoints_N2)) <= 2
+    idx_a = {tuple(k): i for i, k in enumerate(a.keypoints_N2.tolist())}
+    ia = [idx_a[tuple(b.keypoints_N2[i])] for i in common]
+    np.testing.assert_allclose(b.descriptors_ND[common], a.descriptors_ND[ia], atol=1e-4)
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        XFeatExtractor(512, runtime="tensorrt")
+
+
 def test_fold_batchnorm_keeps_the_outputs():
     import torch
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+import warnings
 from dataclasses import dataclass
 
 import cv2
@@ -116,6 +117,48 @@ def fold_batchnorm(net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
+class OnnxXFeatNet:
+    """XFeat's network run by ONNX Runtime on the CPU: same outputs as the (BatchNorm-folded) torch
+    network to ~1e-5, exported once per input size (XFeat's unfold needs static shapes) and kept in
+    memory. Export needs the ``onnx`` package; inference ``onnxruntime``. Uses as many threads as
+    torch is set to (``torch.get_num_threads()`` when the session is made)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        import onnxruntime  # noqa: F401  (fail at construction, with the import error, not per frame)
+
+        self.net = net
+        self._sessions: dict[tuple[int, int], object] = {}
+
+    def _session(self, h: int, w: int):
+        if (h, w) not in self._sessions:
+            import io
+
+            import onnxruntime as ort
+
+            buf = io.BytesIO()
+            with warnings.catch_warnings():  # tracer notes on XFeat's shape arithmetic: shapes are static here
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    self.net, torch.zeros(1, 3, h, w), buf, input_names=["image"],
+                    output_names=["feats", "keypoints", "heatmap"], opset_version=17, dynamo=False,
+                )  # fmt: skip
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = max(1, torch.get_num_threads())
+            opts.inter_op_num_threads = 1
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self._sessions[(h, w)] = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+            log.info("XFeat exported to ONNX Runtime for %dx%d inputs", w, h)
+        return self._sessions[(h, w)]
+
+    def __call__(self, x_13HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        _, _, h, w = x_13HW.shape
+        outs = self._session(h, w).run(None, {"image": np.ascontiguousarray(x_13HW.cpu().numpy())})
+        return tuple(torch.from_numpy(o) for o in outs)
+
+
+XFEAT_RUNTIMES = ("torch", "onnxruntime")
+
+
 class XFeatExtractor:
     """XFeat detect-and-describe on RGB uint8 images (H, W, 3).
 
@@ -126,16 +169,31 @@ class XFeatExtractor:
     thread; descriptors and scores are then sampled only at the kept keypoints, as XFeat does.
     """
 
-    def __init__(self, top_k: int = 1024, detection_threshold: float = 0.05, device: str = "cpu") -> None:
+    def __init__(
+        self, top_k: int = 1024, detection_threshold: float = 0.05, device: str = "cpu", runtime: str = "torch"
+    ) -> None:
+        """``runtime``: ``torch``, or ``onnxruntime`` (CPU only; the network runs in ONNX Runtime,
+        measured faster on our CPU, see docs/relpose.md; the post-processing is the same)."""
+        if runtime not in XFEAT_RUNTIMES:
+            raise ValueError(f"XFeat runtime must be one of {', '.join(XFEAT_RUNTIMES)}, got {runtime!r}")
+        if runtime == "onnxruntime" and not str(device).startswith("cpu"):
+            raise ValueError(f"runtime onnxruntime runs on the CPU only; use runtime: torch for device {device!r}")
         self.top_k = int(top_k)
         self.detection_threshold = float(detection_threshold)
         self.device = device
+        self.runtime = runtime
         self.xfeat = load_xfeat(self.top_k, self.detection_threshold, device)
         with _LOCK:
             net = getattr(self.xfeat, "_visloc_folded_net", None)
             if net is None:
                 net = fold_batchnorm(self.xfeat.net)
                 self.xfeat._visloc_folded_net = net
+            if runtime == "onnxruntime":
+                onnx_net = getattr(self.xfeat, "_visloc_onnx_net", None)
+                if onnx_net is None:
+                    onnx_net = OnnxXFeatNet(net)
+                    self.xfeat._visloc_onnx_net = onnx_net
+                net = onnx_net
         self.net = net
 
     def _detect_and_compute(self, x_13HW: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -37,6 +37,7 @@ class GeometricConfig:
     """``estimator:`` keys of a relpose config (both estimators; SIFT ignores the XFeat keys)."""
 
     top_k: int = 1024  # XFeat keypoints per image
+    runtime: str = "torch"  # XFeat network runtime: torch | onnxruntime (CPU; same features, faster: docs/relpose.md)
     detection_threshold: float = 0.05  # XFeat keypoint score threshold
     matcher: str = "mnn"  # "mnn" (mutual nearest neighbours) or "lighterglue"
     min_cossim: float = 0.82  # MNN: drop pairs with cosine similarity below this (-1 keeps all)
@@ -214,7 +215,7 @@ class XFeatEstimator(_FeatureEstimator):
 
     def __init__(self, cfg: GeometricConfig) -> None:
         super().__init__(cfg)
-        self.extractor = XFeatExtractor(cfg.top_k, cfg.detection_threshold, cfg.device)
+        self.extractor = XFeatExtractor(cfg.top_k, cfg.detection_threshold, cfg.device, cfg.runtime)
 
     def extract(self, image_rgb_HW3: np.ndarray) -> LocalFeatures:
         return self.extractor.extract(image_rgb_HW3)
