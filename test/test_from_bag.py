@@ -473,3 +473,29 @@ def test_intrinsics_option_stride_and_duplicates(tmp_path):
     assert summ.n_frames == 3 and summ.skipped["--stride 2"] == 3 and summ.skipped["duplicate image stamp"] == 1
     stamps = [f.stamp_ns for f in Dataset(tmp_path / "ds2").frames()]
     assert stamps == [1_100_000_000, 1_300_000_000, 1_500_000_000]
+
+
+def test_stamps_bag_for_drivers_with_zero_header_stamps(tmp_path):
+    """Every header stamp 0, recorded at the true times: --stamps header finds no usable frame (one
+    stamp for all), --stamps bag recovers the trajectory from the record times through the TF chain."""
+    with BagWriter(tmp_path / "bag", "sqlite3") as b:
+        b.write("/tf_static", tf_message([(0, "base_link", "camera_optical_frame", T_BASE_OPTICAL)]), POSE_NS[0])
+        for t in POSE_NS:
+            Tmb, Tmo = T_map_base(s(t)), T_map_odom(s(t))
+            b.write("/tf", tf_message([(0, "map", "odom", Tmo), (0, "odom", "base_link", invert_T(Tmo) @ Tmb)]), t)
+        for i, t in enumerate(IMG_NS):
+            b.write("/camera/camera_info", camera_info(0, "camera_optical_frame", W, H, K), t)
+            b.write("/camera/image_raw", raw_image(i, 0, "rgb8")[1], t)
+    summ = dataset_from_bag(tmp_path / "bag", tmp_path / "hdr", opts(pose_tf=("map", "base_link")), progress=False)
+    assert summ.n_frames <= 1 and summ.skipped
+    o = opts(pose_tf=("map", "base_link"), stamps="bag")
+    summ = dataset_from_bag(tmp_path / "bag", tmp_path / "ds", o, progress=False)
+    assert summ.n_frames == N and not summ.malformed
+    ds = Dataset(tmp_path / "ds")
+    assert ds.manifest["source"]["stamps"].startswith("bag record times")
+    for f in ds.frames(split="train"):
+        dt, dr = pose_err(f.T_world_cam, T_map_base(s(f.stamp_ns)) @ T_BASE_OPTICAL)
+        assert dt < 1e-6 and dr < 1e-6
+    assert [f.stamp_ns for f in ds.frames(split="train")] == IMG_NS
+    with pytest.raises(BagError, match="--stamps must be"):
+        opts(pose_tf=("map", "base_link"), stamps="receive")

@@ -103,6 +103,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="PNG compression of raw images: 0 writes uncompressed PNGs (fastest, same size as the bag), "
         "1-9 deflate (smaller, slower). Always lossless (default 0)",
     )
+    parser.add_argument(
+        "--stamps",
+        choices=("header", "bag"),
+        default="header",
+        help="time of each message: its header stamp (default), or when the bag recorded it ('bag', for "
+        "drivers that leave header stamps at zero; recording delays then shift the poses)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -145,6 +152,7 @@ def options_from_args(args: argparse.Namespace):
         split=args.split,
         condition=args.condition,
         png_level=args.png_level,
+        stamps=getattr(args, "stamps", "header"),
     )
 
 

@@ -32,6 +32,7 @@ intrinsics, unresolvable extrinsic) stop the run. The output is written atomical
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -103,8 +104,14 @@ class FromBagOptions:
     split: str = "train"
     condition: str = "normal"
     png_level: int = 0  # 0: uncompressed PNG (fast, bit-exact); 1-9: smaller files, slower
+    # "header": every message's header stamp (the default, what drivers should set). "bag": the
+    # time each message was recorded, for drivers that leave header stamps at zero; recording
+    # delays then go into the poses (seconds of latency = metres at speed), so prefer headers.
+    stamps: str = "header"
 
     def __post_init__(self) -> None:
+        if self.stamps not in ("header", "bag"):
+            raise BagError(f"--stamps must be 'header' or 'bag', got {self.stamps!r}")
         if (self.pose_topic is None) == (self.pose_tf is None):
             raise BagError("give exactly one pose source: --pose-topic TOPIC or --pose-tf PARENT:CHILD")
         if self.max_gap_s <= 0:
@@ -286,7 +293,8 @@ def dataset_from_bag(
                 f"--pose-tf needs {o.tf_topic} and/or {o.tf_static_topic}; topics: {_topics_listing(reader)}"
             )
         pose_topic_ids = {c.id for c in pose_conns}
-        for conn, _t, raw in reader.messages(connections=pose_conns + tf_conns + static_conns + info_conns):
+        use_bag_t = o.stamps == "bag"
+        for conn, bag_t_ns, raw in reader.messages(connections=pose_conns + tf_conns + static_conns + info_conns):
             try:
                 msg = reader.deserialize(raw, conn.msgtype)
             except Exception as err:  # rosbags raises several types for broken CDR
@@ -295,7 +303,8 @@ def dataset_from_bag(
                 continue
             try:
                 if conn.id in pose_topic_ids:
-                    pose_samples.append(pose_from_msg(msg, conn.msgtype))
+                    sample = pose_from_msg(msg, conn.msgtype)
+                    pose_samples.append(dataclasses.replace(sample, stamp_ns=bag_t_ns) if use_bag_t else sample)
                 elif conn.msgtype == CAMERA_INFO_TYPE:
                     # camera_info repeats with every image: build (and check) each distinct one once
                     key = (msg.width, msg.height, msg.distortion_model, msg.k.tobytes(), msg.d.tobytes(),
@@ -303,13 +312,15 @@ def dataset_from_bag(
                     if key not in cam_cache:
                         cam_cache[key] = camera_from_info(msg)
                     if not cams or cams[-1][1] is not cam_cache[key]:
-                        cams.append((stamp_ns(msg.header), cam_cache[key]))
+                        cams.append((bag_t_ns if use_bag_t else stamp_ns(msg.header), cam_cache[key]))
                     n_infos += 1
                 elif conn.msgtype == TF_TYPE:
                     static = conn.topic == o.tf_static_topic
                     for tr in msg.transforms:
                         try:
                             sample = pose_from_msg(tr, "geometry_msgs/msg/TransformStamped")
+                            if use_bag_t:
+                                sample = dataclasses.replace(sample, stamp_ns=bag_t_ns)
                             graph.add(sample.parent, sample.child, sample, sample.stamp_ns, static)
                         except MalformedMessageError as err:
                             summary.malformed[f"{conn.topic}: {err.reason}"] += 1
@@ -372,7 +383,7 @@ def dataset_from_bag(
             "world_frame": world,
             "body_frame": body,
             "max_gap_s": o.max_gap_s,
-            "stamps": "image header stamps",
+            "stamps": "image header stamps" if o.stamps == "header" else "bag record times (--stamps bag)",
         }
 
         # ---------------------------------------------------------------- pass 2: images
@@ -485,7 +496,7 @@ def dataset_from_bag(
                         if index % o.stride:
                             summary.skipped[f"--stride {o.stride}"] += 1
                             continue
-                        frame = _image_frame(reader, conn, raw, index, o, cams, cam_stamps, summary)
+                        frame = _image_frame(reader, conn, raw, index, o, cams, cam_stamps, summary, bag_t)
                         if frame is None:
                             continue
                         if frame["stamp"] in seen_stamps:
@@ -501,7 +512,7 @@ def dataset_from_bag(
                     process_batch()  # depth pairing sees every earlier image
                     try:
                         dmsg = reader.deserialize(raw, conn.msgtype)
-                        d = (bag_t, stamp_ns(dmsg.header), depth_metres(dmsg))
+                        d = (bag_t, bag_t if o.stamps == "bag" else stamp_ns(dmsg.header), depth_metres(dmsg))
                     except MalformedMessageError as err:
                         summary.malformed[f"{conn.topic}: {err.reason}"] += 1
                         continue
@@ -577,7 +588,7 @@ def _nearest(depths: deque, stamp: int, tol_ns: int) -> np.ndarray | None:
     return d
 
 
-def _image_frame(reader, conn, raw, index, o, cams, cam_stamps, summary) -> dict | None:
+def _image_frame(reader, conn, raw, index, o, cams, cam_stamps, summary, bag_t: int) -> dict | None:
     """Decode one image message into what add_frame needs; counts and returns None when unusable."""
     try:
         msg = reader.deserialize(raw, conn.msgtype)
@@ -599,7 +610,7 @@ def _image_frame(reader, conn, raw, index, o, cams, cam_stamps, summary) -> dict
         summary.malformed[f"{conn.topic}: {err.reason}"] += 1
         log.debug("%s message %d: %s", conn.topic, index, err)
         return None
-    stamp = stamp_ns(msg.header)
+    stamp = bag_t if o.stamps == "bag" else stamp_ns(msg.header)
     if not cams:
         try:
             cam = PinholeCamera(w, h, *o.intrinsics_fxfycxcy)
