@@ -49,6 +49,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scenes", nargs="+", default=None, help="scenes (default: every scene of the dataset)")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (default 2)")
     p.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads per run (default 1)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key in every run, e.g. --set train.lr=4.5e-4 (YAML value; repeatable)",
+    )
     p.add_argument("--skip-bench", action="store_true", help="no `visloc bench models` (no params / ms columns)")
     return p.parse_args(argv)
 
@@ -83,6 +90,13 @@ def execute(run: dict, args: argparse.Namespace, out: Path) -> dict:
     artifact, report = folder / "artifact", folder / "eval"
     cfg = yaml.safe_load((ROOT / "config" / "models" / f"{run['model']}.yaml").read_text())
     cfg.setdefault("data", {})["scenes"] = run["train_scenes"]
+    for item in args.set:
+        key, _, value = item.partition("=")
+        node = cfg
+        *path, last = key.split(".")
+        for k in path:
+            node = node.setdefault(k, {})
+        node[last] = yaml.safe_load(value)
     cfg_path = folder / "config.yaml"
     write_atomic(cfg_path, yaml.safe_dump(cfg, sort_keys=False))
     t_train = None
