@@ -23,6 +23,7 @@ import csv
 import json
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -146,6 +147,9 @@ class DatasetWriter:
             "classes": {},
         }
         self._rows: dict[tuple[str, str], list[dict]] = {}
+        # add_frame may be called from several threads (from-bag's writers): files are written
+        # unlocked (the I/O runs in parallel), the bookkeeping below under this lock.
+        self._lock = threading.Lock()
         self._committed = False
 
     # -- content
@@ -162,7 +166,7 @@ class DatasetWriter:
     def set_classes(self, classes: dict[int, str]) -> None:
         self.manifest["classes"] = {str(k): v for k, v in classes.items()}
 
-    def add_frame(
+    def add_frame(  # thread-safe
         self,
         scene: str,
         sequence: str,
@@ -235,10 +239,11 @@ class DatasetWriter:
             "depth": depth_rel,
             "semantic": sem_rel,
         }
-        self._rows.setdefault((scene, sequence), []).append(row)
-        if f"{scene}/{sequence}" not in self.manifest["sequences"]:
-            self.set_sequence(scene, sequence)
-        self.manifest["scenes"].setdefault(scene, {})
+        with self._lock:
+            self._rows.setdefault((scene, sequence), []).append(row)
+            if f"{scene}/{sequence}" not in self.manifest["sequences"]:
+                self.set_sequence(scene, sequence)
+            self.manifest["scenes"].setdefault(scene, {})
         return FrameRecord(name, int(stamp_ns), T, camera, rgb_rel, depth_rel, sem_rel, scene, sequence)
 
     # -- finishing

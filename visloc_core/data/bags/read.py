@@ -399,11 +399,10 @@ def dataset_from_bag(
         writer = DatasetWriter(out, source=source, overwrite=overwrite)
         # Encoding and writing run on worker threads (numpy copies, zlib, crc32 and file writes
         # release the GIL), overlapping with reading and deserializing the next messages in this
-        # thread. PNGs are encoded in parallel; writer.add_frame is called under a lock so the
-        # DatasetWriter is never used concurrently. At most `max_inflight` frames wait in memory
-        # (few: see POSE_BATCH).
+        # thread. PNGs are encoded and written in parallel (DatasetWriter.add_frame is thread-safe
+        # and writes its files unlocked). At most `max_inflight` frames wait in memory (few: see
+        # POSE_BATCH).
         pool = ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="from-bag-writer")
-        add_lock = threading.Lock()
         inflight: deque = deque()
         max_inflight = 2 * WRITER_THREADS
         with writer:
@@ -427,18 +426,17 @@ def dataset_from_bag(
                     if not hasattr(_scratch, "d"):
                         _scratch.d = {}
                     data = encode_png(frame["pixels"], o.png_level, scratch=_scratch.d)
-                with add_lock:
-                    writer.add_frame(
-                        scene,
-                        o.sequence,
-                        frame["name"],
-                        frame["stamp"],
-                        frame["T_world_cam"],
-                        frame["camera"],
-                        rgb_encoded=data,
-                        rgb_ext=frame["ext"],
-                        depth_m_HW=depth_m,
-                    )
+                writer.add_frame(  # thread-safe; the files are written in parallel
+                    scene,
+                    o.sequence,
+                    frame["name"],
+                    frame["stamp"],
+                    frame["T_world_cam"],
+                    frame["camera"],
+                    rgb_encoded=data,
+                    rgb_ext=frame["ext"],
+                    depth_m_HW=depth_m,
+                )
 
             def emit(frame: dict, depth_m: np.ndarray | None) -> None:
                 if depth_m is not None and depth_m.shape != (frame["camera"].height, frame["camera"].width):
