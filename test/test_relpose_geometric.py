@@ -122,7 +122,7 @@ def test_fast_xfeat_equals_the_packages_detect_and_compute(rendered_pair, size):
     import torch
 
     rgb = cv2.resize(rendered_pair[3], size, interpolation=cv2.INTER_LINEAR)
-    ex = XFeatExtractor(512)
+    ex = XFeatExtractor(512, runtime="torch")
     ours = ex.extract(rgb)
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
     with torch.inference_mode():
@@ -136,8 +136,9 @@ def test_fast_xfeat_equals_the_packages_detect_and_compute(rendered_pair, size):
 def test_onnxruntime_xfeat_gives_the_torch_features(rendered_pair):
     """runtime onnxruntime: the same keypoints (up to ties of near-equal scores) and descriptors."""
     rgb = rendered_pair[3]
-    a = XFeatExtractor(512).extract(rgb)
+    a = XFeatExtractor(512, runtime="torch").extract(rgb)
     b = XFeatExtractor(512, runtime="onnxruntime").extract(rgb)
+    assert XFeatExtractor(512).runtime == "onnxruntime"  # auto, on the CPU with onnxruntime installed
     key_a = {tuple(k) for k in a.keypoints_N2.tolist()}
     common = [i for i, k in enumerate(b.keypoints_N2.tolist()) if tuple(k) in key_a]
     assert len(common) >= 0.99 * len(a.keypoints_N2) and abs(len(a.keypoints_N2) - len(b.keypoints_N2)) <= 2
