@@ -138,7 +138,14 @@ def summarize_run(run: dict, out: Path) -> dict:
                 "recall": stats["recall"],
             }
     seconds = out / run["name"] / "train_seconds.txt"
-    return {**run, "results": res, "train_seconds": float(seconds.read_text()) if seconds.exists() else None}
+    report = json.loads((out / run["name"] / "eval" / "report.json").read_text())
+    scene_acc = (report.get("scene_classification") or {}).get("accuracy") if run["model"] in MULTI_SCENE else None
+    return {
+        **run,
+        "results": res,
+        "scene_accuracy": scene_acc,
+        "train_seconds": float(seconds.read_text()) if seconds.exists() else None,
+    }
 
 
 def bench_models(models: list[str], out: Path, n_scenes: int) -> dict:
@@ -162,19 +169,25 @@ def table(summaries: list[dict], bench: dict | None, scenes: list[str], epochs: 
     lines = [
         f"Budget: {epochs} epochs over every training frame (single-scene models: per scene; "
         "multi-scene models: once on all scenes).",
-        "Cells: median m / deg (recall within 1 m / 10 deg for indoor_room-sized scenes is in results.json; "
-        "brackets: recall within 5 m / 10 deg).",
+        "Cells: median translation m / rotation deg, in brackets the recall within 5 m / 10 deg (every "
+        "threshold is in results.json). normal = day queries, shifted = dusk, night, over-exposed, crowded. "
+        "scene acc = scene classification accuracy of multi-scene models on all queries.",
         "",
     ]
-    head = "| model | params | ms/frame (1 thread) | " + " | ".join(f"{s} normal | {s} shifted" for s in scenes) + " |"
-    lines += [head, "|" + "---|" * (3 + 2 * len(scenes))]
+    head = "| model | params | ms/frame (1 thread) | " + " | ".join(f"{s} normal | {s} shifted" for s in scenes)
+    lines += [head + " | scene acc | train min |", "|" + "---|" * (5 + 2 * len(scenes))]
+    extra = {}
+    for s in summaries:
+        e = extra.setdefault(s["model"], {"acc": s.get("scene_accuracy"), "sec": 0.0})
+        e["sec"] += s.get("train_seconds") or 0.0
     for model, res in per_model.items():
         b = (bench or {}).get("models", {}).get(model, {})
         params = f"{b['parameters'] / 1e6:.2f} M" if "parameters" in b else "-"
         ms = b.get("ms_1_thread")
         cells = [_cell(res[f"{s}/{p}"]) if f"{s}/{p}" in res else "-" for s in scenes for p in ("normal", "shifted")]
         lines.append(f"| {model} | {params} | {ms:.1f} | " if ms else f"| {model} | {params} | - | ")
-        lines[-1] += " | ".join(cells) + " |"
+        acc = extra[model]["acc"]
+        lines[-1] += " | ".join(cells) + f" | {'-' if acc is None else f'{acc:.2f}'} | {extra[model]['sec'] / 60:.0f} |"
     return "\n".join(lines) + "\n"
 
 
