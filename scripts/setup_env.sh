@@ -48,7 +48,8 @@ link_dir="${XDG_CACHE_HOME:-$HOME/.cache}/visloc/cmake-include/$(echo "$PWD" | m
 mkdir -p "$link_dir"
 ln -sfn "$np_inc_real" "$link_dir/numpy"
 np_inc="$link_dir/numpy"
-grep -rlE "/opt/python/cp311-cp311|$np_inc_real" .venv/share --include=*.cmake 2>/dev/null | while read -r f; do
+# (grep finds nothing on a second run, when the files are already rewritten: not an error)
+{ grep -rlE "/opt/python/cp311-cp311|$np_inc_real" .venv/share --include=*.cmake 2>/dev/null || true; } | while read -r f; do
   sed -i -e "s#/opt/python/cp311-cp311/include/python3.11#${py_inc}#g" \
          -e "s#/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include#${np_inc}#g" \
          -e "s#${np_inc_real}#${np_inc}#g" "$f"

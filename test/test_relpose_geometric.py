@@ -128,9 +128,14 @@ def test_fast_xfeat_equals_the_packages_detect_and_compute(rendered_pair, size):
     with torch.inference_mode():
         ref = ex.xfeat.detectAndCompute(x, top_k=512)[0]
     assert len(ours.keypoints_N2) == len(ref["keypoints"]) > 100
-    np.testing.assert_array_equal(ours.keypoints_N2, ref["keypoints"].numpy())
-    np.testing.assert_allclose(ours.descriptors_ND, ref["descriptors"].numpy(), atol=1e-5)
-    np.testing.assert_allclose(ours.scores_N, ref["scores"].numpy(), rtol=1e-4, atol=1e-7)
+    # Folding BatchNorm changes float rounding (~1e-7), which may reorder keypoints whose scores
+    # tie at the top-k cut or in the sort: compare as sets, then the values of shared keypoints.
+    ref_idx = {tuple(k): i for i, k in enumerate(ref["keypoints"].numpy().tolist())}
+    shared = [(i, ref_idx[tuple(k)]) for i, k in enumerate(ours.keypoints_N2.tolist()) if tuple(k) in ref_idx]
+    assert len(shared) >= 0.99 * len(ours.keypoints_N2)
+    i_ours, i_ref = np.array(shared).T
+    np.testing.assert_allclose(ours.descriptors_ND[i_ours], ref["descriptors"].numpy()[i_ref], atol=1e-5)
+    np.testing.assert_allclose(ours.scores_N[i_ours], ref["scores"].numpy()[i_ref], rtol=1e-4, atol=1e-7)
 
 
 def test_onnxruntime_xfeat_gives_the_torch_features(rendered_pair):
