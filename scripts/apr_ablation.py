@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from visloc_core.commands.map_build import apply_overrides
+
 ROOT = Path(__file__).resolve().parent.parent
 MULTI_SCENE = {"ms_hyperpose", "mvl_loc"}
 DEFAULT_MODELS = ["posenet", "poseformer", "hyperpose", "ms_hyperpose", "mvl_loc"]
@@ -90,13 +92,7 @@ def execute(run: dict, args: argparse.Namespace, out: Path) -> dict:
     artifact, report = folder / "artifact", folder / "eval"
     cfg = yaml.safe_load((ROOT / "config" / "models" / f"{run['model']}.yaml").read_text())
     cfg.setdefault("data", {})["scenes"] = run["train_scenes"]
-    for item in args.set:
-        key, _, value = item.partition("=")
-        node = cfg
-        *path, last = key.split(".")
-        for k in path:
-            node = node.setdefault(k, {})
-        node[last] = yaml.safe_load(value)
+    cfg = apply_overrides(cfg, args.set)  # the same KEY=VALUE rules as `visloc map build --set`
     cfg_path = folder / "config.yaml"
     write_atomic(cfg_path, yaml.safe_dump(cfg, sort_keys=False))
     t_train = None
