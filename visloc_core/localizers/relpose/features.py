@@ -146,6 +146,9 @@ class OnnxXFeatNet:
             opts.intra_op_num_threads = max(1, torch.get_num_threads())
             opts.inter_op_num_threads = 1
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # ORT's workers spin-wait between runs by default; beside torch's OpenMP, OpenBLAS and
+            # faiss pools on 2 cores that starved the rest of the pipeline (measured, docs/relpose.md).
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._sessions[(h, w)] = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
             log.info("XFeat exported to ONNX Runtime for %dx%d inputs", w, h)
         return self._sessions[(h, w)]
