@@ -154,6 +154,27 @@ def test_onnxruntime_xfeat_gives_the_torch_features(rendered_pair):
         XFeatExtractor(512, runtime="tensorrt")
 
 
+def test_xfeat_auto_runtime_falls_back_to_torch_when_onnx_fails(rendered_pair, monkeypatch, caplog):
+    """runtime auto: an ONNX export/runtime failure is logged and torch takes over (same features);
+    an explicit runtime onnxruntime raises an error that names the way out."""
+    from visloc_core.localizers.relpose import features as feat
+
+    rgb = rendered_pair[3]
+    ref = XFeatExtractor(512, runtime="torch").extract(rgb)
+    ex_auto, ex_ort = XFeatExtractor(512), XFeatExtractor(512, runtime="onnxruntime")
+
+    def broken(self, x):
+        raise RuntimeError("simulated export failure")
+
+    monkeypatch.setattr(feat.OnnxXFeatNet, "__call__", broken)
+    with caplog.at_level("WARNING"):
+        got = ex_auto.extract(rgb)
+    assert ex_auto.runtime == "torch" and "using torch from now on" in caplog.text
+    np.testing.assert_array_equal(got.keypoints_N2, ref.keypoints_N2)
+    with pytest.raises(RuntimeError, match=r"set estimator\.runtime: torch"):
+        ex_ort.extract(rgb)
+
+
 def test_fold_batchnorm_keeps_the_outputs():
     import torch
 

@@ -194,6 +194,7 @@ class XFeatExtractor:
         """``runtime``: ``torch``, ``onnxruntime`` (CPU only; the network runs in ONNX Runtime,
         1.5x faster than torch on our CPU, see docs/relpose.md; the post-processing is the same), or
         ``auto`` (onnxruntime on the CPU when installed, else torch)."""
+        self._fallback_to_torch = runtime == "auto"  # an ONNX export/runtime failure then falls back
         runtime = resolve_xfeat_runtime(runtime, device)
         if runtime == "onnxruntime" and not str(device).startswith("cpu"):
             raise ValueError(f"runtime onnxruntime runs on the CPU only; use runtime: torch for device {device!r}")
@@ -214,12 +215,27 @@ class XFeatExtractor:
                     self.xfeat._visloc_onnx_net = onnx_net
                 net = onnx_net
         self.net = net
+        self._torch_net = self.xfeat._visloc_folded_net
+
+    def _run_net(self, x_13HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        try:
+            return self.net(x_13HW)
+        except Exception as err:
+            if not (self._fallback_to_torch and self.net is not self._torch_net):
+                if self.runtime == "onnxruntime":
+                    raise RuntimeError(
+                        f"XFeat in ONNX Runtime failed ({type(err).__name__}: {err}); set estimator.runtime: torch"
+                    ) from err
+                raise
+            log.warning("XFeat in ONNX Runtime failed (%s: %s): using torch from now on", type(err).__name__, err)
+            self.net, self.runtime = self._torch_net, "torch"
+            return self.net(x_13HW)
 
     def _detect_and_compute(self, x_13HW: torch.Tensor) -> dict[str, torch.Tensor]:
         """XFeat's sparse detect-and-describe for one image whose sides are multiples of 32."""
         xf = self.xfeat
         _, _, h, w = x_13HW.shape
-        feats_1CHW, kpt_logits, reliability = self.net(x_13HW)
+        feats_1CHW, kpt_logits, reliability = self._run_net(x_13HW)
         feats_1CHW = F.normalize(feats_1CHW, dim=1)
         heat_11HW = xf.get_kpts_heatmap(kpt_logits)
         heat = np.ascontiguousarray(heat_11HW[0, 0].cpu().numpy())
