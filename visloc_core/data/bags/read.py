@@ -293,7 +293,6 @@ def dataset_from_bag(
                 f"--pose-tf needs {o.tf_topic} and/or {o.tf_static_topic}; topics: {_topics_listing(reader)}"
             )
         pose_topic_ids = {c.id for c in pose_conns}
-        use_bag_t = o.stamps == "bag"
         for conn, bag_t_ns, raw in reader.messages(connections=pose_conns + tf_conns + static_conns + info_conns):
             try:
                 msg = reader.deserialize(raw, conn.msgtype)
@@ -304,7 +303,7 @@ def dataset_from_bag(
             try:
                 if conn.id in pose_topic_ids:
                     sample = pose_from_msg(msg, conn.msgtype)
-                    pose_samples.append(dataclasses.replace(sample, stamp_ns=bag_t_ns) if use_bag_t else sample)
+                    pose_samples.append(dataclasses.replace(sample, stamp_ns=_msg_time(o, sample.stamp_ns, bag_t_ns)))
                 elif conn.msgtype == CAMERA_INFO_TYPE:
                     # camera_info repeats with every image: build (and check) each distinct one once
                     key = (msg.width, msg.height, msg.distortion_model, msg.k.tobytes(), msg.d.tobytes(),
@@ -312,15 +311,14 @@ def dataset_from_bag(
                     if key not in cam_cache:
                         cam_cache[key] = camera_from_info(msg)
                     if not cams or cams[-1][1] is not cam_cache[key]:
-                        cams.append((bag_t_ns if use_bag_t else stamp_ns(msg.header), cam_cache[key]))
+                        cams.append((_msg_time(o, stamp_ns(msg.header), bag_t_ns), cam_cache[key]))
                     n_infos += 1
                 elif conn.msgtype == TF_TYPE:
                     static = conn.topic == o.tf_static_topic
                     for tr in msg.transforms:
                         try:
                             sample = pose_from_msg(tr, "geometry_msgs/msg/TransformStamped")
-                            if use_bag_t:
-                                sample = dataclasses.replace(sample, stamp_ns=bag_t_ns)
+                            sample = dataclasses.replace(sample, stamp_ns=_msg_time(o, sample.stamp_ns, bag_t_ns))
                             graph.add(sample.parent, sample.child, sample, sample.stamp_ns, static)
                         except MalformedMessageError as err:
                             summary.malformed[f"{conn.topic}: {err.reason}"] += 1
@@ -510,7 +508,7 @@ def dataset_from_bag(
                     process_batch()  # depth pairing sees every earlier image
                     try:
                         dmsg = reader.deserialize(raw, conn.msgtype)
-                        d = (bag_t, bag_t if o.stamps == "bag" else stamp_ns(dmsg.header), depth_metres(dmsg))
+                        d = (bag_t, _msg_time(o, stamp_ns(dmsg.header), bag_t), depth_metres(dmsg))
                     except MalformedMessageError as err:
                         summary.malformed[f"{conn.topic}: {err.reason}"] += 1
                         continue
@@ -586,6 +584,11 @@ def _nearest(depths: deque, stamp: int, tol_ns: int) -> np.ndarray | None:
     return d
 
 
+def _msg_time(o: FromBagOptions, header_ns: int, bag_ns: int) -> int:
+    """The time a message stands for: its header stamp, or with ``--stamps bag`` its record time."""
+    return bag_ns if o.stamps == "bag" else header_ns
+
+
 def _image_frame(reader, conn, raw, index, o, cams, cam_stamps, summary, bag_t: int) -> dict | None:
     """Decode one image message into what add_frame needs; counts and returns None when unusable."""
     try:
@@ -608,7 +611,7 @@ def _image_frame(reader, conn, raw, index, o, cams, cam_stamps, summary, bag_t: 
         summary.malformed[f"{conn.topic}: {err.reason}"] += 1
         log.debug("%s message %d: %s", conn.topic, index, err)
         return None
-    stamp = bag_t if o.stamps == "bag" else stamp_ns(msg.header)
+    stamp = _msg_time(o, stamp_ns(msg.header), bag_t)
     if not cams:
         try:
             cam = PinholeCamera(w, h, *o.intrinsics_fxfycxcy)

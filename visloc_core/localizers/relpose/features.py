@@ -216,6 +216,8 @@ class XFeatExtractor:
                 net = onnx_net
         self.net = net
         self._torch_net = self.xfeat._visloc_folded_net
+        sampler = type(self.xfeat.interpolator)  # XFeat's InterpolateSparse2d (its own normalisation)
+        self._nearest, self._bilinear = sampler("nearest"), sampler("bilinear")
 
     def _run_net(self, x_13HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         try:
@@ -244,9 +246,7 @@ class XFeatExtractor:
         local_max = cv2.dilate(heat, np.ones((5, 5), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
         ys, xs = np.nonzero((heat == local_max) & (heat > self.detection_threshold))
         pos_1N2 = torch.from_numpy(np.stack([xs, ys], axis=1).astype(np.int64))[None].to(x_13HW.device)
-        nearest = xf.interpolator.__class__("nearest")
-        bilinear = xf.interpolator.__class__("bilinear")
-        scores = (nearest(heat_11HW, pos_1N2, h, w) * bilinear(reliability, pos_1N2, h, w)).squeeze(-1)
+        scores = (self._nearest(heat_11HW, pos_1N2, h, w) * self._bilinear(reliability, pos_1N2, h, w)).squeeze(-1)
         scores[torch.all(pos_1N2 == 0, dim=-1)] = -1  # as XFeat (its padding marker)
         order = torch.argsort(-scores)[:, : self.top_k]
         pos_1N2 = torch.gather(pos_1N2, 1, order[..., None].expand(-1, -1, 2))
