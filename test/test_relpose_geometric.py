@@ -255,3 +255,22 @@ def test_config_rejects_unknown_keys():
         GeometricConfig.from_dict({"matchr": "mnn"})
     with pytest.raises(ValueError, match="matcher"):
         GeometricConfig.from_dict({"matcher": "superglue"})
+
+
+def test_no_essential_fallback_when_pnp_fails_on_a_metric_map(rendered_pair):
+    """With map depth and a PnP that fails (here: an unreachable inlier count), essential_fallback
+    decides between no estimate and a direction-only essential-matrix pose (checked against truth)."""
+    cam, T_world_r, T_world_q, rgb_r, rgb_q, depth_path = rendered_pair
+    truth = invert_T(T_world_q) @ T_world_r
+    results = {}
+    for fallback in (False, True):
+        est = RELPOSE_ESTIMATORS.build("xfeat", {"min_pnp_inliers": 10**6, "essential_fallback": fallback}, "cpu")
+        kf = Keyframe("r", T_world_r, cam, depth_path=depth_path)
+        est.prepare_keyframe(kf, rgb_r)
+        (results[fallback],) = est.estimate(rgb_q, cam, [kf])
+    assert not results[False].ok
+    e = results[True]
+    assert e.ok and not e.metric
+    assert rotation_angle_deg(e.T_q_r[:3, :3] @ truth[:3, :3].T) < 2.0
+    t_true = truth[:3, 3] / np.linalg.norm(truth[:3, 3])
+    assert np.degrees(np.arccos(np.clip(e.T_q_r[:3, 3] @ t_true, -1, 1))) < 10.0

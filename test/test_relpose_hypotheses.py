@@ -203,3 +203,16 @@ def test_metric_inliers_by_distance():
     res = filter_hypotheses(_obs(ests, refs), refs[0], FilterConfig(metric_inlier_m=0.2))
     assert res.inlier_mask.tolist() == [True, True, False]
     assert pose_errors(res.T_world_cam, T_q)[0] < 1e-9
+
+
+def test_two_metric_estimates_make_no_extra_ray_pair_hypothesis():
+    """All references metric: one hypothesis each (no triangulated pairs among them); with a
+    direction-only reference the pairs that involve it are still formed (paper sec. 2.3)."""
+    rng = np.random.default_rng(11)
+    T_q, refs = _scene(rng, 4)
+    res = filter_hypotheses(_obs([_estimate(T_q, T, "metric") for T in refs], refs), refs[0])
+    assert res.num_hypotheses == 4 and pose_errors(res.T_world_cam, T_q)[0] < 1e-9
+    ests = [_estimate(T_q, T, "metric") for T in refs[:3]] + [_estimate(T_q, refs[3], "checked")]
+    res = filter_hypotheses(_obs(ests, refs), refs[0])
+    assert res.num_hypotheses == 3 + 3  # 3 metric poses + 3 pairs metric x direction-only
+    assert res.num_inliers == 4 and pose_errors(res.T_world_cam, T_q)[0] < 1e-9
