@@ -1,7 +1,8 @@
 """Regenerate requirements/lock.txt from the working .venv (run with .venv/bin/python).
 
 Skips the distributions that ROS wheels carry inside them (no INSTALLER record: not installable
-on their own), visloc itself, and the no-deps packages of requirements/nodeps.txt.
+on their own), visloc itself, the no-deps packages of requirements/nodeps.txt, and packages
+installed from local folders (launch, ros2cli, ... from ros-src: scripts/ros_src.sh installs them).
 """
 
 import importlib.metadata as md
@@ -17,7 +18,8 @@ frozen = subprocess.run([sys.executable, "-m", "pip", "freeze"], capture_output=
 lines = []
 for line in frozen.splitlines():
     name = re.split("[=<>@ ]", line)[0].lower()
-    if not line or line.startswith("-e") or name in inside_wheels | nodeps or name.startswith("visloc"):
+    from_folder = " @ file:" in line
+    if not line or line.startswith("-e") or from_folder or name in inside_wheels | nodeps or name.startswith("visloc"):
         continue
     lines.append("torch==2.13.0" if name == "torch" else line)
 header = (

@@ -54,5 +54,13 @@ np_inc="$link_dir/numpy"
          -e "s#/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include#${np_inc}#g" \
          -e "s#${np_inc_real}#${np_inc}#g" "$f"
 done
+# The venv is a ROS 2 prefix (share/ament_index of the wheels and of launch/ros2cli from ros-src):
+# `ros2 pkg`, launch's FindPackageShare and ament_index look packages up in AMENT_PREFIX_PATH.
+if ! grep -q "visloc: the venv is a ROS 2 prefix" .venv/bin/activate; then
+  cat >> .venv/bin/activate <<'EOF'
+# visloc: the venv is a ROS 2 prefix (scripts/setup_env.sh)
+case ":${AMENT_PREFIX_PATH:-}:" in *":$VIRTUAL_ENV:"*) ;; *) export AMENT_PREFIX_PATH="$VIRTUAL_ENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}" ;; esac
+EOF
+fi
 touch .venv/.stamp
 echo "[setup] .venv ready"
