@@ -12,7 +12,7 @@ $(VENV)/.stamp: requirements/lock.txt requirements/nodeps.txt pyproject.toml scr
 	bash scripts/setup_env.sh
 
 build: install/.stamp
-install/.stamp: $(VENV)/.stamp package.xml CMakeLists.txt $(wildcard msg/*.msg) scripts/build_ros.sh
+install/.stamp: $(VENV)/.stamp package.xml CMakeLists.txt $(wildcard msg/*.msg) scripts/build_ros.sh scripts/ros_src.sh
 	bash scripts/build_ros.sh
 
 lint: env

@@ -5,16 +5,18 @@
 
 Arguments map onto node parameters (config/localize.yaml holds the rest; ``config:=`` picks another
 file); topics are remappings. With ``autostart:=true`` (default) launch drives the lifecycle:
-configure at start, activate once the node reaches 'inactive' (an unconfigurable node, e.g. a wrong
-``model``, stays unconfigured and says why on /diagnostics). Set ``autostart:=false`` to hand the
-node to a lifecycle manager (e.g. nav2_lifecycle_manager with node_names: [visloc_localizer]).
+configure at start, activate once the node reaches 'inactive'. A node that fails to configure (e.g.
+a wrong ``model``: the node logs why) or to activate ends the launch with a non-zero exit code, as a
+lifecycle manager would refuse to bring the system up. Set ``autostart:=false`` to hand the node to
+a lifecycle manager (e.g. nav2_lifecycle_manager with node_names: [visloc_localizer]); the node then
+stays up, unconfigured, and says why on /diagnostics.
 
 Without ``ros2 launch`` (PyPI-only installs), the same node runs with
 ``python -m visloc_ros.localizer_node --ros-args --params-file config/localize.yaml -p model:=ARTIFACT
 -p autostart:=true -r image:=/camera/image_raw -r camera_info:=/camera/camera_info``.
 """
 
-from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
 from launch.conditions import IfCondition
 from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
@@ -48,6 +50,16 @@ ARGUMENTS = {
 REMAPS = {"image_topic", "camera_info_topic", "odom_topic", "initialpose_topic"}
 LAUNCH_ONLY = {"config", "autostart"}
 BOOL_PARAMETERS = {"compressed", "publish_tf"}
+
+
+def _fail_launch(what: str) -> OpaqueFunction:
+    """An action that ends the launch with exit code 1: launch turns an exception raised while handling
+    an event into a logged error, a shutdown and a non-zero return code."""
+
+    def fail(context) -> None:
+        raise RuntimeError(f"visloc_localizer {what} (its error is logged above); shutting down")
+
+    return OpaqueFunction(function=fail)
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -97,4 +109,19 @@ def generate_launch_description() -> LaunchDescription:
         ),
         condition=autostart,
     )
-    return LaunchDescription([*declared, node, activate, configure])
+    # A failed transition goes back to the previous primary state (or through errorprocessing).
+    failures = [
+        RegisterEventHandler(
+            OnStateTransition(
+                target_lifecycle_node=node, start_state=start, goal_state=goal, entities=[_fail_launch(what)]
+            ),
+            condition=autostart,
+        )
+        for start, goal, what in (
+            ("configuring", "unconfigured", "failed to configure"),
+            ("activating", "inactive", "failed to activate"),
+            ("errorprocessing", "unconfigured", "raised an error in a transition"),
+            ("errorprocessing", "finalized", "raised an error in a transition"),
+        )
+    ]
+    return LaunchDescription([*declared, node, activate, *failures, configure])

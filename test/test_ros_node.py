@@ -46,7 +46,14 @@ def ros():
 
 
 def make_node(artifact, **params) -> LocalizerNode:
-    overrides = {"model": str(artifact), "diagnostics_period_s": 0.2, "image_qos": "reliable", **params}
+    # the camera extrinsic from parameters unless a test is about TF (test_ros_tf.py)
+    overrides = {
+        "model": str(artifact),
+        "diagnostics_period_s": 0.2,
+        "image_qos": "reliable",
+        "use_tf_extrinsic": False,
+        **params,
+    }
     ros_params = [rclpy.parameter.Parameter(k, value=v) for k, v in overrides.items()]
     return LocalizerNode(parameter_overrides=ros_params)
 

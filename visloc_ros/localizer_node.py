@@ -21,11 +21,13 @@ are LOCALIZED and pass the sanity gate (visloc_core/localizers/gate.py) reach ``
 ``pose_with_covariance`` and TF; REJECTED and NOT_LOCALIZED results go only to ``localization``.
 
 Frames: the pose published is that of ``base_frame`` (``T_map_base = T_map_cam @ inv(T_base_cam)``,
-with T_base_cam from the ``base_to_camera_*`` parameters, or from TF when tf2_ros is installed), or
-of the camera when ``base_frame`` is empty. TF (REP-105): with ``odom_frame`` set, map->odom =
-T_map_base(t) @ inv(T_odom_base(t)) at the image stamp t, T_odom_base interpolated from buffered
-odometry (or looked up in tf2 when installed), post-dated by ``transform_tolerance``; otherwise
-map->base (or map->camera) at the image stamp.
+with T_base_cam from TF when tf2_ros is installed and ``use_tf_extrinsic`` (frames wait for it, as
+AMCL's scans wait for the laser's TF), else from the ``base_to_camera_*`` parameters), or of the
+camera when ``base_frame`` is empty. TF (REP-105): with ``odom_frame`` set, map->odom =
+T_map_base(t) @ inv(T_odom_base(t)) at the image stamp t, T_odom_base interpolated by tf2 when TF
+has the odom frame, else from buffered odometry of the odom topic, post-dated by
+``transform_tolerance``; otherwise map->base (or map->camera) at the image stamp.
+visloc_ros/tf_io.py holds the TF side (tf2_ros, or a TFMessage publisher without it).
 
 Parameters are read at ``configure`` (nav2 style); to change one, deactivate, cleanup, set it, configure.
 
@@ -36,6 +38,7 @@ thread localizes whatever is newest. A frame replaced before the worker took it 
 from __future__ import annotations
 
 import dataclasses
+import signal
 import sys
 import threading
 import time
@@ -56,7 +59,6 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
-from rclpy.time import Time as RclTime
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
 
@@ -65,19 +67,7 @@ from visloc_core.localizers.base import LocalizationResult, Localizer, Status
 from visloc_core.localizers.gate import GateConfig, SanityGate
 from visloc_core.localizers.tf_logic import PoseBuffer, T_map_odom_from, pose_in_output_frame
 from visloc_ros import conversions as conv
-
-try:  # a full ROS 2 install: the real broadcaster and listener
-    import tf2_ros
-
-    HAVE_TF2_ROS = True
-except ImportError:  # PyPI wheels: no tf2_ros (see ROS2_ON_PYPI.md)
-    tf2_ros = None
-    HAVE_TF2_ROS = False
-
-try:  # real tf2_msgs, or the TFMessage-only fallback scripts/build_ros.sh builds from ros/tf2_msgs
-    from tf2_msgs.msg import TFMessage
-except ImportError:
-    TFMessage = None
+from visloc_ros.tf_io import NodeTf, TfUnavailableError
 
 NODE_NAME = "visloc_localizer"
 
@@ -108,7 +98,11 @@ PARAMETERS: dict[str, tuple[object, str]] = {
         "T_base_cam rotation quaternion (x, y, z, w) of the camera OPTICAL frame in base_frame; "
         "default: optical axes of a camera looking along base x (REP-103)",
     ),
-    "use_tf_extrinsic": (True, "when tf2_ros is installed, look base_frame->camera up in TF instead of the parameters"),
+    "use_tf_extrinsic": (
+        True,
+        "when tf2_ros is installed, the camera extrinsic is base_frame->camera frame from TF (/tf_static), and frames "
+        "are skipped until it is there; false (or no tf2_ros): the base_to_camera_* parameters",
+    ),
     "max_jump_m": (1.0, "sanity gate: reject a pose further than this (m) from the last accepted one; <= 0 off"),
     "max_jump_deg": (30.0, "sanity gate: reject an orientation change above this (deg); <= 0 off"),
     "jump_window_s": (2.0, "sanity gate: the last accepted pose is a reference for this long (s); <= 0 off"),
@@ -198,7 +192,7 @@ class LocalizerNode(LifecycleNode):
         self._camera: PinholeCamera | None = None
         self._camera_error = "no camera_info received yet"
         self._camera_info_key: tuple | None = None
-        self._prior: tuple[np.ndarray, float] | None = None  # (T_map_cam, monotonic time received)
+        self._prior: tuple[np.ndarray, float] | None = None  # (T_map_out, monotonic time received)
         self._T_base_cam_params = np.eye(4)  # set from the parameters at configure
         self._reset_pending = threading.Event()
         self._gate = SanityGate()
@@ -208,10 +202,7 @@ class LocalizerNode(LifecycleNode):
         self._semantic_maps: dict[int, np.ndarray] = {}  # stamp_ns -> class ids (H, W), the newest few
         self._aux_subs: list = []
         self._pubs: dict = {}
-        self._tf_broadcaster = None
-        self._tf_pub = None
-        self._tf_buffer = None
-        self._tf_listener = None
+        self._tf: NodeTf | None = None  # TF out (and in, with tf2_ros): visloc_ros/tf_io.py
         self._srv = None
         # /diagnostics works in every lifecycle state (so an unconfigured node shows why).
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -329,16 +320,9 @@ class LocalizerNode(LifecycleNode):
         self.get_logger().info(f"warm-up localization took {time.perf_counter() - t0:.2f} s")
 
     def _setup_tf(self) -> None:
-        self._tf_broadcaster = self._tf_pub = None
-        if HAVE_TF2_ROS:
-            self._tf_broadcaster = tf2_ros.TransformBroadcaster(self)
-            if self._p("use_tf_extrinsic") or self._p("odom_frame"):
-                self._tf_buffer = tf2_ros.Buffer()
-                self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
-        elif TFMessage is not None:
-            # Same topic and QoS as tf2_ros.TransformBroadcaster (reliable, volatile, depth 100).
-            self._tf_pub = self.create_publisher(TFMessage, "/tf", QoSProfile(depth=100))
-        elif self._p("publish_tf"):
+        listen = bool(self._p("base_frame")) and bool(self._p("use_tf_extrinsic") or self._p("odom_frame"))
+        self._tf = NodeTf(self, listen, buffer_s=float(self._p("odom_buffer_s")))
+        if not self._tf.can_publish and self._p("publish_tf"):
             self.get_logger().warning(
                 "publish_tf is on but neither tf2_ros nor tf2_msgs is importable: no /tf "
                 "(run scripts/build_ros.sh, which builds the TFMessage fallback)"
@@ -402,9 +386,9 @@ class LocalizerNode(LifecycleNode):
         for pub in self._pubs.values():
             self.destroy_lifecycle_publisher(pub)
         self._pubs = {}
-        if self._tf_pub is not None:
-            self.destroy_publisher(self._tf_pub)
-            self._tf_pub = None
+        if self._tf is not None:
+            self._tf.close()
+            self._tf = None
         if self._srv is not None:
             self.destroy_service(self._srv)
             self._srv = None
@@ -478,8 +462,7 @@ class LocalizerNode(LifecycleNode):
         except conv.BadInputError as err:
             self._bad_input(str(err))
             return
-        T_map_cam = T_map_out @ self._T_base_cam() if self._p("base_frame") else T_map_out
-        self._prior = (T_map_cam, time.monotonic())
+        self._prior = (T_map_out, time.monotonic())  # output frame; moved to the camera per frame
         self._reset_pending.set()  # a new hint of where we are: the gate's old reference is void
         self.get_logger().info(f"initialpose received: prior at {np.round(T_map_out[:3, 3], 2).tolist()} m")
 
@@ -523,25 +506,30 @@ class LocalizerNode(LifecycleNode):
                     self._counts.errors += 1
                 self.get_logger().error(f"processing failed: {type(err).__name__}: {err}")
 
-    def _T_base_cam(self, camera_frame: str = "") -> np.ndarray:
-        if self._tf_buffer is not None and self._p("use_tf_extrinsic") and camera_frame:
+    def _T_base_cam(self, camera_frame: str) -> np.ndarray:
+        """T_base_cam of the camera optical frame. From TF when tf2 is installed and use_tf_extrinsic is on
+        (then required, as AMCL requires its laser's: raises TfUnavailableError until it is there; the newest,
+        as for a static mount), else from the base_to_camera_* parameters."""
+        if self._tf is not None and self._tf.listening and self._p("use_tf_extrinsic"):
             try:
-                tf = self._tf_buffer.lookup_transform(self._p("base_frame"), camera_frame, RclTime())
-                return conv.transform_to_T(tf.transform, "TF base->camera")
-            except Exception as err:  # not in TF (yet): fall back to the parameters
-                self.get_logger().warning(f"TF {self._p('base_frame')}->{camera_frame} unavailable ({err})", once=True)
+                return self._tf.lookup(self._p("base_frame"), camera_frame)
+            except TfUnavailableError as err:
+                raise TfUnavailableError(
+                    f"camera extrinsic not in TF ({err}); publish {self._p('base_frame')}->{camera_frame} on "
+                    "/tf_static, or set use_tf_extrinsic:=false to use the base_to_camera_* parameters"
+                ) from None
         return self._T_base_cam_params
 
     def _T_odom_base(self, stamp_ns: int) -> np.ndarray | None:
-        T = self._odom.lookup(stamp_ns)
-        if T is None and self._tf_buffer is not None:
+        """odom->base at the image stamp: from TF when TF has the odom frame (so map->odom composes with
+        the odom->base that TF users see, REP-105), else from the odom topic; None when not covered."""
+        odom_frame, base_frame = self._p("odom_frame"), self._p("base_frame")
+        if self._tf is not None and self._tf.has_frame(odom_frame):
             try:
-                stamp = RclTime(nanoseconds=stamp_ns)
-                tf = self._tf_buffer.lookup_transform(self._p("odom_frame"), self._p("base_frame"), stamp)
-                T = conv.transform_to_T(tf.transform, "TF odom->base")
-            except Exception:
-                T = None
-        return T
+                return self._tf.lookup_held(odom_frame, base_frame, stamp_ns, self._odom.extrapolation_ns)
+            except TfUnavailableError:
+                return None
+        return self._odom.lookup(stamp_ns)
 
     def _process(self, msg, t_received: float) -> None:
         stamp_ns = conv.stamp_to_ns(msg.header.stamp)
@@ -560,6 +548,12 @@ class LocalizerNode(LifecycleNode):
                 f"image at {stamp_ns} ns dropped: image is {w}x{h} but camera_info says {camera.width}x{camera.height}"
             )
             return
+        try:
+            camera_frame = self._p("camera_frame") or msg.header.frame_id or "camera"
+            T_base_cam = self._T_base_cam(camera_frame) if self._p("base_frame") else np.eye(4)
+        except TfUnavailableError as err:
+            self._bad_input(f"image at {stamp_ns} ns dropped: {err}")
+            return
         if self._reset_pending.is_set():
             self._reset_pending.clear()
             self._gate.reset()
@@ -569,7 +563,7 @@ class LocalizerNode(LifecycleNode):
             T_prior, t_prior = self._prior
             timeout = float(self._p("prior_timeout_s"))
             if timeout <= 0 or time.monotonic() - t_prior <= timeout:
-                prior = T_prior
+                prior = T_prior @ T_base_cam
         kw = {}
         if self._p("semantic") and self.localizer.uses_semantics:
             classes = self._semantic_for(stamp_ns)
@@ -584,13 +578,14 @@ class LocalizerNode(LifecycleNode):
         result = self.localizer.localize(rgb, camera, stamp_ns, prior, **kw)
         result = self._gate.check(result, stamp_ns)
         latency_s = time.perf_counter() - t_received
-        self._publish(result, msg.header.frame_id, stamp_ns, latency_s)
+        self._publish(result, camera_frame, T_base_cam, stamp_ns, latency_s)
 
-    def _publish(self, result: LocalizationResult, image_frame: str, stamp_ns: int, latency_s: float) -> None:
+    def _publish(
+        self, result: LocalizationResult, camera_frame: str, T_base_cam: np.ndarray, stamp_ns: int, latency_s: float
+    ) -> None:
         map_frame = self._p("map_frame")
         base_frame = self._p("base_frame")
-        camera_frame = self._p("camera_frame") or image_frame or "camera"
-        T_cam_out = invert_T(self._T_base_cam(camera_frame)) if base_frame else np.eye(4)
+        T_cam_out = invert_T(T_base_cam)
         out_frame = base_frame or camera_frame
         T_map_out, cov_out = result.T_world_cam, result.covariance_66
         if np.all(np.isfinite(result.T_world_cam)):
@@ -644,10 +639,8 @@ class LocalizerNode(LifecycleNode):
             )
         else:
             tf = conv.transform_stamped(T_map_out, map_frame, out_frame, stamp_ns)
-        if self._tf_broadcaster is not None:
-            self._tf_broadcaster.sendTransform(tf)
-        elif self._tf_pub is not None:
-            self._tf_pub.publish(TFMessage(transforms=[tf]))
+        if self._tf is not None:
+            self._tf.send([tf])
 
     # ----------------------------------------------------------------------------- diagnostics
 
@@ -732,6 +725,9 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Ctrl-C in a terminal reaches the node twice (the process group and `ros2 launch` forwarding
+        # it): a second SIGINT must not interrupt the clean-up (launch escalates to SIGTERM if stuck).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         node.stop()
         executor.remove_node(node)
         node.destroy_node()

@@ -221,6 +221,8 @@ def _node_params(o: ReplayOptions, plan: _BagPlan) -> dict:
         "odom_frame": "odom" if plan.odom_topic else "",
         "base_to_camera_translation": [float(v) for v in plan.T_base_cam[:3, 3]],
         "base_to_camera_rotation_xyzw": [float(v) for v in q_xyzw],
+        # the bag's /tf_static chain, given as parameters: no frame waits for /tf_static to arrive
+        "use_tf_extrinsic": False,
         "diagnostics_period_s": 1.0,
     }
     from visloc_ros.localizer_node import PARAMETERS
