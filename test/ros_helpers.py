@@ -250,3 +250,20 @@ def write_tiny_bag(
         w.abort()
         raise
     return Path(path), stamps, T_world_cam
+
+
+def ros_src_skip_reason(*modules: str) -> str | None:
+    """Why a test of ROS 2 pieces that PyPI lacks cannot run here (None when ``modules`` import).
+
+    scripts/build_ros.sh installs launch, launch_ros, ros2cli and tf2 from the official sources in
+    ros-src when ROS 2 does not provide them; without either, these tests skip with this reason."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return (
+        f"{', '.join(missing)} not installed: no ROS 2 install provides it and scripts/build_ros.sh found no "
+        "ros-src (set VISLOC_ROS_SRC or put shared/ros-src next to the repository, then `make build`; README, "
+        "'Tests that need ROS 2 sources')"
+    )

@@ -44,10 +44,11 @@ class NodeTf:
     """The node's TF publisher and (optionally) its TF buffer; ``close()`` releases both.
 
     ``listen``: also subscribe to /tf and /tf_static (only with tf2_ros). ``buffer_s``: how much
-    dynamic TF history the buffer keeps.
+    dynamic TF history the buffer keeps. ``use_tf2``: False forces the path without tf2_ros.
     """
 
-    def __init__(self, node: Node, listen: bool, buffer_s: float = 10.0, use_tf2: bool = HAVE_TF2_ROS) -> None:
+    def __init__(self, node: Node, listen: bool, buffer_s: float = 10.0, use_tf2: bool | None = None) -> None:
+        use_tf2 = HAVE_TF2_ROS if use_tf2 is None else use_tf2  # read at call time (tests switch it off)
         self._node = node
         self._broadcaster = self._pub = self._buffer = self._listener = None
         if use_tf2 and tf2_ros is not None:
