@@ -12,6 +12,9 @@ REPO_DIR=$(pwd -P)
 ROS_SRC_BUILD="build/ros-src"
 ROS_SRC_ARCHIVES=("launch-*.tar.gz" "launch_ros-*.tar.gz" "ros2cli-*.tar.gz" "composition_interfaces-*.tar.gz"
   "geometry2-*.tar.gz")  # globs, expanded inside ROS_SRC_DIR
+# Optional: rosidl_runtime_py (ros2/rosidl_runtime_py; not on PyPI), which `ros2 lifecycle`, `ros2 service`
+# and `ros2 topic` import; installed when ros-src has an archive of it.
+ROS_SRC_OPTIONAL=("rosidl_runtime_py-*.tar.gz")
 # The pure-Python packages pip installs (folder inside $ROS_SRC_BUILD), dependencies first.
 ROS_SRC_PY=(launch/launch launch/launch_xml launch/launch_yaml launch_ros/launch_ros launch_ros/ros2launch
   ros2cli/ros2cli ros2cli/ros2pkg ros2cli/ros2run ros2cli/ros2node ros2cli/ros2topic ros2cli/ros2lifecycle
@@ -52,13 +55,13 @@ EOF
 }
 
 ros_src_digest() {  # short hash of the archives' contents
-  (cd "$ROS_SRC_DIR" && sha256sum ${ROS_SRC_ARCHIVES[@]}) | sha256sum | cut -c1-12
+  (cd "$ROS_SRC_DIR" && sha256sum ${ROS_SRC_ARCHIVES[@]} $(compgen -G "${ROS_SRC_OPTIONAL[0]}" || true)) | sha256sum | cut -c1-12
 }
 
 ros_src_extract() {  # unpack each archive into $ROS_SRC_BUILD once per archive content
   mkdir -p "$ROS_SRC_BUILD"
   local a sum stamp
-  for a in $(cd "$ROS_SRC_DIR" && ls ${ROS_SRC_ARCHIVES[@]}); do
+  for a in $(cd "$ROS_SRC_DIR" && ls ${ROS_SRC_ARCHIVES[@]} $(compgen -G "${ROS_SRC_OPTIONAL[0]}" || true)); do
     sum=$(sha256sum "$ROS_SRC_DIR/$a" | cut -c1-16)
     stamp="$ROS_SRC_BUILD/.$a.$sum"
     [ -f "$stamp" ] && continue
@@ -74,6 +77,7 @@ ros_src_pip_install() {  # pip --no-deps into .venv, once per archive set
   echo "[build] pip install (no deps) from $ROS_SRC_DIR: ${ROS_SRC_PY[*]##*/}"
   local t0=$SECONDS dirs=()
   for p in "${ROS_SRC_PY[@]}"; do dirs+=("$ROS_SRC_BUILD/$p"); done
+  [ -f "$ROS_SRC_BUILD/rosidl_runtime_py/setup.py" ] && dirs+=("$ROS_SRC_BUILD/rosidl_runtime_py")
   python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation "${dirs[@]}" 2>&1 \
     | grep -v -e "is ignored" -e "^ *warnings.warn" -e "UserWarning" || true
   python -c "import launch, ros2cli, ros2lifecycle, ros2launch" 2>/dev/null \
