@@ -68,6 +68,7 @@ from visloc_core.localizers.gate import GateConfig, SanityGate
 from visloc_core.localizers.tf_logic import PoseBuffer, T_map_odom_from, pose_in_output_frame
 from visloc_ros import conversions as conv
 from visloc_ros.tf_io import NodeTf, TfUnavailableError
+from visloc_ros.visualization import Visualizer
 
 NODE_NAME = "visloc_localizer"
 
@@ -120,6 +121,16 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     ),
     "semantic_timeout_s": (0.1, "how long a frame waits for its class map (same stamp) before going without"),
     "diagnostics_period_s": (1.0, "period of /diagnostics messages (s)"),
+    "publish_markers": (
+        True,
+        "publish visualization_msgs/MarkerArray: map_markers (keyframes or mapped region, latched) and markers "
+        "(the estimate with its 95 % covariance ellipsoid) for RViz (config/visloc.rviz)",
+    ),
+    "publish_debug_image": (
+        False,
+        "publish debug_image (sensor_msgs/Image): the query next to the retrieved keyframe, status and inliers; "
+        "off: no cost",
+    ),
     "autostart": (False, "configure and activate at start-up (for runs without a launch file)"),
     "warmup": (True, "run the localizer once on a blank image at configure, so the first real frame is not slow"),
 }
@@ -203,6 +214,7 @@ class LocalizerNode(LifecycleNode):
         self._aux_subs: list = []
         self._pubs: dict = {}
         self._tf: NodeTf | None = None  # TF out (and in, with tf2_ros): visloc_ros/tf_io.py
+        self._viz: Visualizer | None = None  # markers and debug image: visloc_ros/visualization.py
         self._srv = None
         # /diagnostics works in every lifecycle state (so an unconfigured node shows why).
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -287,6 +299,10 @@ class LocalizerNode(LifecycleNode):
             "localization": self.create_lifecycle_publisher(_result_msg_type(), "localization", 10),
         }
         self._setup_tf()
+        if self._p("publish_markers") or self._p("publish_debug_image"):
+            self._viz = Visualizer(
+                self, self.localizer, self._p("map_frame"), self._p("publish_markers"), self._p("publish_debug_image")
+            )
         self._aux_subs = [
             self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos_profile_sensor_data),
             self.create_subscription(PoseWithCovarianceStamped, "initialpose", self._on_initialpose, 10),
@@ -389,6 +405,9 @@ class LocalizerNode(LifecycleNode):
         if self._tf is not None:
             self._tf.close()
             self._tf = None
+        if self._viz is not None:
+            self._viz.close()
+            self._viz = None
         if self._srv is not None:
             self.destroy_service(self._srv)
             self._srv = None
@@ -578,10 +597,16 @@ class LocalizerNode(LifecycleNode):
         result = self.localizer.localize(rgb, camera, stamp_ns, prior, **kw)
         result = self._gate.check(result, stamp_ns)
         latency_s = time.perf_counter() - t_received
-        self._publish(result, camera_frame, T_base_cam, stamp_ns, latency_s)
+        self._publish(result, camera_frame, T_base_cam, stamp_ns, latency_s, rgb)
 
     def _publish(
-        self, result: LocalizationResult, camera_frame: str, T_base_cam: np.ndarray, stamp_ns: int, latency_s: float
+        self,
+        result: LocalizationResult,
+        camera_frame: str,
+        T_base_cam: np.ndarray,
+        stamp_ns: int,
+        latency_s: float,
+        rgb: np.ndarray,
     ) -> None:
         map_frame = self._p("map_frame")
         base_frame = self._p("base_frame")
@@ -607,6 +632,8 @@ class LocalizerNode(LifecycleNode):
         self._pubs["localization"].publish(
             conv.result_to_msg(result, stamp_ns, map_frame, T_map_out, cov_out, latency_s)
         )
+        if self._viz is not None:  # forward axis: base x (REP-103), or the optical z of a camera
+            self._viz.publish(result, T_map_out, cov_out, stamp_ns, camera_frame, rgb, 0 if base_frame else 2)
         if result.status != Status.LOCALIZED:
             self.get_logger().info(f"{result.status.name} at {stamp_ns} ns: {result.status_reason}")
             return
