@@ -113,6 +113,48 @@ def calibrate(dt: np.ndarray, dw: np.ndarray, cal_cfg: dict) -> dict:
     }
 
 
+class _RankWork(pl.Callback):
+    """Counts the training batches and samples this process (rank) went through."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.samples = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.batches += 1
+        first = batch["image"] if isinstance(batch, dict) else batch[0]
+        self.samples += len(first)
+
+
+def _distributed_record(trainer: pl.Trainer, module: pl.LightningModule, work: _RankWork) -> dict:
+    """Every rank's parameter checksum (float64 sum and sum of squares) and its share of the training
+    batches, gathered from all ranks: a collective, so every rank calls it. DDP keeps replicas identical
+    (same initial weights, averaged gradients): ``in_sync`` says whether they ended identical."""
+    flat = torch.cat([p.detach().double().flatten().cpu() for p in module.parameters()])
+    local = torch.tensor(
+        [float(trainer.global_rank), flat.sum().item(), (flat * flat).sum().item(), work.batches, work.samples],
+        dtype=torch.float64,
+    )
+    rows = trainer.strategy.all_gather(local).reshape(-1, local.numel()).cpu().numpy()
+    ranks = [
+        {
+            "rank": int(r[0]),
+            "param_sum": float(r[1]),
+            "param_sum_sq": float(r[2]),
+            "batches": int(r[3]),
+            "samples": int(r[4]),
+        }
+        for r in rows
+    ]
+    same = all(r["param_sum"] == ranks[0]["param_sum"] and r["param_sum_sq"] == ranks[0]["param_sum_sq"] for r in ranks)
+    return {
+        "world_size": int(trainer.world_size),
+        "strategy": type(trainer.strategy).__name__,
+        "in_sync": same,
+        "ranks": ranks,
+    }
+
+
 def _trainer(cfg: dict, work: Path, max_epochs: int, n_batches: int) -> tuple[pl.Trainer, pl.callbacks.ModelCheckpoint]:
     t = cfg["train"]
     ckpt = pl.callbacks.ModelCheckpoint(
@@ -132,7 +174,7 @@ def _trainer(cfg: dict, work: Path, max_epochs: int, n_batches: int) -> tuple[pl
         pl.loggers.CSVLogger(work / "logs", name="csv"),
         pl.loggers.TensorBoardLogger(work / "logs", name="tensorboard", default_hp_metric=False),
     ]
-    callbacks: list[pl.Callback] = [ckpt, last]
+    callbacks: list[pl.Callback] = [ckpt, last, _RankWork()]
     if t["progress_bar"]:
         callbacks.append(pl.callbacks.TQDMProgressBar(refresh_rate=1))
     trainer = pl.Trainer(
@@ -202,6 +244,11 @@ def train(cfg: dict, data: str | Path, out: str | Path, args: argparse.Namespace
     if trainer.interrupted:
         log.warning("training interrupted; checkpoints kept in %s (continue with --resume)", work / "checkpoints")
         return None
+    distributed = None
+    if trainer.world_size > 1:  # every rank takes part in the gather, then only rank 0 goes on
+        rank_work = next(c for c in trainer.callbacks if isinstance(c, _RankWork))
+        distributed = _distributed_record(trainer, module, rank_work)
+        log.info("distributed training: %s", distributed)
     if not trainer.is_global_zero:
         return out  # DDP: only rank 0 calibrates and writes the artifact
     best_path = ckpt.best_model_path or str(last)
@@ -232,6 +279,8 @@ def train(cfg: dict, data: str | Path, out: str | Path, args: argparse.Namespace
         "loss_weights": {n: float(p.detach()) for n, p in module.loss.named_parameters()},
         "work_dir": str(work.resolve()),
     }
+    if distributed is not None:
+        training["distributed"] = distributed
     csv_logger = trainer.loggers[0]
     metrics_csv = Path(csv_logger.log_dir) / "metrics.csv"
     path = write_apr_artifact(
