@@ -97,7 +97,7 @@ def main() -> int:
         static.sendTransform(conv.transform_stamped(mount, "base_link", cam_frame, 0))
         probe.wait_for(lambda: node._tf.has_frame(cam_frame), what="/tf_static at the node")
         last_rgb = None
-        for k, fr in enumerate(frames):
+        for fr in frames:
             stamp = 1_000_000_000_000 + (fr.stamp_ns - frames[0].stamp_ns)
             T_map_base = fr.T_world_cam @ invert_T(mount)
             for dt in (-50_000_000, 0, 50_000_000):  # odometry around the image stamp
