@@ -39,7 +39,9 @@ def main() -> int:
     if not data.exists():
         _visloc("synth", "indoor_room", "--out", str(data), "--max-frames", "40", "--size", "320x240", "--no-progress")
     if not amap.exists():
-        _visloc("map", "build", "config/models/relpose_xfeat.yaml", "--data", str(data), "--out", str(amap), "--no-progress")
+        _visloc(
+            "map", "build", "config/models/relpose_xfeat.yaml", "--data", str(data), "--out", str(amap), "--no-progress"
+        )
 
     import matplotlib
 
@@ -101,9 +103,7 @@ def main() -> int:
             stamp = 1_000_000_000_000 + (fr.stamp_ns - frames[0].stamp_ns)
             T_map_base = fr.T_world_cam @ invert_T(mount)
             for dt in (-50_000_000, 0, 50_000_000):  # odometry around the image stamp
-                tfb.sendTransform(
-                    conv.transform_stamped(invert_T(drift) @ T_map_base, "odom", "base_link", stamp + dt)
-                )
+                tfb.sendTransform(conv.transform_stamped(invert_T(drift) @ T_map_base, "odom", "base_link", stamp + dt))
             time.sleep(0.05)
             rgb = ds.load_rgb(fr)
             probe.info_pub.publish(conv.camera_to_camera_info(fr.camera, stamp, cam_frame))
