@@ -177,10 +177,17 @@ def _trainer(cfg: dict, work: Path, max_epochs: int, n_batches: int) -> tuple[pl
     callbacks: list[pl.Callback] = [ckpt, last, _RankWork()]
     if t["progress_bar"]:
         callbacks.append(pl.callbacks.TQDMProgressBar(refresh_rate=1))
+    strategy = t["strategy"]
+    if strategy == "ddp" or (strategy == "auto" and str(t["devices"]) not in ("1", "auto")):
+        # Parameters without a gradient in a step (the backbone's unused ImageNet classifier, parameters
+        # frozen by a stage) must be marked unused in every step: with Lightning's plain "ddp", DDP leaves
+        # their gradient buckets unreduced (replicas drift apart silently) and stops at the second step
+        # ("Expected to have finished reduction in the prior iteration"). test/test_apr_ddp.py.
+        strategy = "ddp_find_unused_parameters_true"
     trainer = pl.Trainer(
         accelerator=t["device"],
         devices=t["devices"],
-        strategy=t["strategy"],
+        strategy=strategy,
         precision=t["precision"],
         max_epochs=max_epochs,
         logger=loggers,
