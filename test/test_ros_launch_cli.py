@@ -274,6 +274,7 @@ def test_ctrl_c_shuts_down_cleanly(launched):
     assert code == 0, launch.output
     assert "process has finished cleanly" in launch.output, launch.output
     assert "Traceback" not in launch.output and "process has died" not in launch.output, launch.output
+    print(f"\n--- ros2 launch output (pytest -s shows it) ---\n{launch.output}")
 
 
 def test_wrong_model_path_fails_with_the_nodes_error_and_nonzero_exit(ros, tmp_path):
@@ -283,3 +284,4 @@ def test_wrong_model_path_fails_with_the_nodes_error_and_nonzero_exit(ros, tmp_p
     # the node's own reason, naming the folder and what to do, then launch's
     assert "no_such_artifact is not a visloc artifact" in launch.output, launch.output
     assert "visloc train" in launch.output and "failed to configure" in launch.output, launch.output
+    print(f"\n--- ros2 launch output, exit code {code} ---\n{launch.output}")
