@@ -190,6 +190,32 @@ def test_odometry_lag_is_held_briefly_then_map_to_odom_is_skipped(session, refer
     assert len(_tf_from(probe, "map", "odom")) == 1 and probe.count("pose") == 2
 
 
+@needs_tf2
+def test_odometry_from_the_topic_while_tf2_listens(session, reference):
+    """tf2 installed, odometry only on the odom topic: every frame gets map->odom from the topic, also after
+    the node's own map->odom put the odom frame into its TF buffer (TF has no odom->base_link chain)."""
+    node, probe = session(base_frame="base_link", odom_frame="odom", use_tf_extrinsic=False)
+    assert node._tf.listening
+    for k in range(-3, 8):
+        t_ns = T0 + k * 50_000_000
+        msg = Odometry()
+        msg.header.stamp = conv.ns_to_stamp(t_ns)
+        msg.header.frame_id, msg.child_frame_id = "odom", "base_link"
+        msg.pose.pose = conv.T_to_pose(odom_at(t_ns))
+        probe.odom_pub.publish(msg)
+    probe.wait_for(lambda: len(node._odom) == 11, what="odometry at the node")
+    img, _ = tiny_frames([0.4])[0]
+    stamps = [T0 + 37_000_000, T0 + 237_000_000]
+    for stamp in stamps:
+        probe.publish_frame(conv.rgb_to_image(img, "rgb8", stamp, "cam_opt"), wait_topic="pose")
+        probe.wait_for(lambda: node._tf.has_frame("odom"), what="the node's own map->odom in its buffer")
+    probe.wait_for(lambda: len(_tf_from(probe, "map", "odom")) == 2, what="map->odom for both frames")
+    T_map_base = reference.localize(img, TINY_CAMERA, 0).T_world_cam @ invert_T(node._T_base_cam_params)
+    for tf, stamp in zip(_tf_from(probe, "map", "odom"), stamps, strict=True):
+        np.testing.assert_allclose(conv.transform_to_T(tf.transform), T_map_base @ invert_T(odom_at(stamp)), atol=1e-6)
+    assert node.counters()["tf_skipped"] == 0
+
+
 def test_without_tf2_ros_tf_goes_out_as_tfmessage_and_odometry_comes_from_the_topic(session, monkeypatch, reference):
     """The path of PyPI-only installs (tf2_ros switched off here): /tf from a plain TFMessage publisher with
     the real tf2_msgs type hash, the extrinsic from the parameters, odom->base from the odom topic."""

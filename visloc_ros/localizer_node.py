@@ -540,10 +540,11 @@ class LocalizerNode(LifecycleNode):
         return self._T_base_cam_params
 
     def _T_odom_base(self, stamp_ns: int) -> np.ndarray | None:
-        """odom->base at the image stamp: from TF when TF has the odom frame (so map->odom composes with
-        the odom->base that TF users see, REP-105), else from the odom topic; None when not covered."""
+        """odom->base at the image stamp: from TF when TF connects odom to base (so map->odom composes with
+        the odom->base that TF users see, REP-105), else from the odom topic; None when not covered.
+        (Not "TF has the odom frame": our own map->odom puts it there.)"""
         odom_frame, base_frame = self._p("odom_frame"), self._p("base_frame")
-        if self._tf is not None and self._tf.has_frame(odom_frame):
+        if self._tf is not None and self._tf.connected(odom_frame, base_frame):
             try:
                 return self._tf.lookup_held(odom_frame, base_frame, stamp_ns, self._odom.extrapolation_ns)
             except TfUnavailableError:

@@ -79,6 +79,10 @@ class NodeTf:
     def has_frame(self, frame: str) -> bool:
         return self._buffer is not None and bool(self._buffer._frameExists(frame))
 
+    def connected(self, target: str, source: str) -> bool:
+        """True when TF holds a chain from ``source`` to ``target`` (at some time)."""
+        return self._buffer is not None and bool(self._buffer.can_transform(target, source, Time()))
+
     def lookup(self, target: str, source: str, stamp_ns: int | None = None) -> np.ndarray:
         """``T_target_source`` (4x4) at ``stamp_ns`` (None: the newest available, as for a static
         extrinsic). Raises TfUnavailableError with tf2's reason."""
