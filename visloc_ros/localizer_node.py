@@ -25,7 +25,7 @@ with T_base_cam from TF when tf2_ros is installed and ``use_tf_extrinsic`` (fram
 AMCL's scans wait for the laser's TF), else from the ``base_to_camera_*`` parameters), or of the
 camera when ``base_frame`` is empty. TF (REP-105): with ``odom_frame`` set, map->odom =
 T_map_base(t) @ inv(T_odom_base(t)) at the image stamp t, T_odom_base interpolated by tf2 when TF
-has the odom frame, else from buffered odometry of the odom topic, post-dated by
+connects odom to base, else from buffered odometry of the odom topic, post-dated by
 ``transform_tolerance``; otherwise map->base (or map->camera) at the image stamp.
 visloc_ros/tf_io.py holds the TF side (tf2_ros, or a TFMessage publisher without it).
 
