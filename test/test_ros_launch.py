@@ -116,3 +116,36 @@ def test_config_loads_into_the_real_node(tmp_path):
             node.destroy_node()
     finally:
         rclpy.try_shutdown()
+
+
+def test_rviz_config_shows_the_nodes_topics():
+    """config/visloc.rviz (RViz 2 format) names the node's topics with matching QoS, the map frame, and the
+    /initialpose the node listens to; its displays are rviz_default_plugins classes."""
+    rviz = yaml.safe_load((REPO / "config" / "visloc.rviz").read_text())
+    vm = rviz["Visualization Manager"]
+    assert vm["Global Options"]["Fixed Frame"] == PARAMETERS["map_frame"][0]
+    displays = {d["Class"]: d for d in vm["Displays"]}
+    by_topic = {d["Topic"]["Value"]: d for d in vm["Displays"] if "Topic" in d}
+    assert all(c.startswith("rviz_default_plugins/") for c in displays)
+    assert {"rviz_default_plugins/TF", "rviz_default_plugins/MarkerArray", "rviz_default_plugins/Image"} <= set(
+        displays
+    )
+    cfg = yaml.safe_load(CONFIG.read_text())[NODE_NAME]["ros__parameters"]
+    consts = _module_constants(ast.parse(LAUNCH.read_text()))
+    expected = {
+        "/map_markers": ("rviz_default_plugins/MarkerArray", "Transient Local"),  # latched by the node
+        "/markers": ("rviz_default_plugins/MarkerArray", "Volatile"),
+        "/pose_with_covariance": ("rviz_default_plugins/PoseWithCovariance", "Transient Local"),
+        "/debug_image": ("rviz_default_plugins/Image", "Volatile"),
+        consts["ARGUMENTS"]["image_topic"][0]: ("rviz_default_plugins/Image", "Volatile"),
+    }
+    for topic, (cls, durability) in expected.items():
+        assert topic in by_topic, f"{topic} missing from config/visloc.rviz"
+        assert by_topic[topic]["Class"] == cls and by_topic[topic]["Topic"]["Durability Policy"] == durability
+    # the camera's default QoS in the node is sensor_data (best effort): RViz must not ask for reliable
+    if cfg["image_qos"] == "sensor_data":
+        assert by_topic[consts["ARGUMENTS"]["image_topic"][0]]["Topic"]["Reliability Policy"] == "Best Effort"
+    tool = next(t for t in vm["Tools"] if t["Class"] == "rviz_default_plugins/SetInitialPose")
+    assert tool["Topic"]["Value"] == consts["ARGUMENTS"]["initialpose_topic"][0]
+    # the CMake install carries config/ (the .rviz is found under share/visloc_ros/config)
+    assert "install(DIRECTORY launch config" in (REPO / "CMakeLists.txt").read_text()
