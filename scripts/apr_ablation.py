@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from visloc_core.atomic import write_text
 from visloc_core.commands.map_build import apply_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,9 +69,7 @@ def dataset_scenes(data: Path) -> list[str]:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def runs_for(models: list[str], scenes: list[str]) -> list[dict]:

@@ -53,7 +53,9 @@ def test_summary_and_table_match_the_frames(tmp_path):
         w = csv.DictWriter(f, fieldnames=FRAME_CSV_COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    (tmp_path / run["name"] / "eval" / "report.json").write_text(json.dumps({"scene_classification": {"accuracy": 0.75}}))
+    (tmp_path / run["name"] / "eval" / "report.json").write_text(
+        json.dumps({"scene_classification": {"accuracy": 0.75}})
+    )
     (tmp_path / run["name"] / "train_seconds.txt").write_text("120\n")
     summ = ab.summarize_run(run, tmp_path)
     for key, (t, r) in truth.items():

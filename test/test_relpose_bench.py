@@ -57,7 +57,8 @@ def test_bench_relpose_runs_and_reports_ratios(tmp_path, monkeypatch):
         res["speed_ratio_fast"], res["sift"]["latency_ms"]["median"] / res["xfeat_fast"]["latency_ms"]["median"]
     )
     assert np.isclose(
-        res["error_ratio_translation_fast"], res["xfeat_fast"]["median_translation_m"] / res["sift"]["median_translation_m"]
+        res["error_ratio_translation_fast"],
+        res["xfeat_fast"]["median_translation_m"] / res["sift"]["median_translation_m"],
     )
     # the solver comparison recovers the synthetic poses (noise 0.5 px): poselib within a degree
     assert res["solvers"]["poselib"]["median_rotation_deg"] < 1.0

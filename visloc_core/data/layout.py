@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -32,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..atomic import replace_folder
+from ..atomic import atomic_folder
 from ..geometry import PinholeCamera, T_from_position_quat_wxyz, position_quat_wxyz_from_T
 
 FORMAT_NAME = "visloc-dataset"
@@ -100,9 +98,10 @@ class SequenceInfo:
 
 # --------------------------------------------------------------------------------------- writing
 class DatasetWriter:
-    """Writes a dataset atomically: everything goes to a temporary folder next to ``out`` that is
-    renamed to ``out`` only by :meth:`commit` (the ``with`` block does it on success). An
-    interrupted or failed run leaves no half-written dataset; the temporary folder is removed.
+    """Writes a dataset atomically (visloc_core.atomic): everything goes to a temporary folder next
+    to ``out`` that is renamed to ``out`` only by :meth:`commit` (the ``with`` block does it on
+    success). An interrupted or failed run leaves no half-written dataset and no temporary folder;
+    a second writer of the same ``out`` fails at once (OutputLockedError).
 
     Usage::
 
@@ -120,14 +119,12 @@ class DatasetWriter:
         image_format: str = "png",
     ) -> None:
         self.out = Path(out)
-        if self.out.exists() and not overwrite:
-            raise FileExistsError(f"{self.out} exists; choose another --out or pass --overwrite")
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
-        self.overwrite = overwrite
-        self.depth_scale = float(depth_scale)
         if image_format not in ("png", "jpg"):
             raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
+        self._folder = atomic_folder(self.out, overwrite=overwrite).open()
+        self.tmp = self._folder.path
+        self.overwrite = overwrite
+        self.depth_scale = float(depth_scale)
         self.image_format = image_format
         self.manifest: dict = {
             "format": FORMAT_NAME,
@@ -249,22 +246,24 @@ class DatasetWriter:
     # -- finishing
     def commit(self) -> Path:
         """Write frames.csv files and the manifest, then rename the temporary folder to ``out``."""
-        for (scene, sequence), rows in self._rows.items():
-            rows.sort(key=lambda r: (r["stamp_ns"], r["name"]))
-            with open(self.tmp / scene / sequence / "frames.csv", "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=FRAME_COLUMNS)
-                w.writeheader()
-                w.writerows(rows)
-            self.manifest["sequences"][f"{scene}/{sequence}"]["n_frames"] = len(rows)
-        (self.tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=2))
-        if self.out.exists() and not self.overwrite:
-            raise FileExistsError(f"{self.out} appeared while writing; the new dataset is left at {self.tmp}")
-        replace_folder(self.tmp, self.out)
+        try:
+            for (scene, sequence), rows in self._rows.items():
+                rows.sort(key=lambda r: (r["stamp_ns"], r["name"]))
+                with open(self.tmp / scene / sequence / "frames.csv", "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=FRAME_COLUMNS)
+                    w.writeheader()
+                    w.writerows(rows)
+                self.manifest["sequences"][f"{scene}/{sequence}"]["n_frames"] = len(rows)
+            (self.tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=2))
+        except BaseException:
+            self.abort()
+            raise
+        self._folder.commit()
         self._committed = True
         return self.out
 
     def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._folder.abort()
 
     def __enter__(self) -> DatasetWriter:
         return self

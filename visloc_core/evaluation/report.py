@@ -38,14 +38,13 @@ import io
 import json
 import logging
 import math
-import os
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..atomic import write_bytes
 from ..geometry import RECALL_THRESHOLDS, pose_errors, position_quat_wxyz_from_T, recall_at_thresholds
 from .calibration import covariance_calibration
 from .records import FrameOutcome
@@ -240,19 +239,9 @@ def _json_safe(x: Any) -> Any:
 
 # ----------------------------------------------------------------------------------- files
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path`` (readers never
-    see a half-written file; an interruption leaves the old file). Permissions follow the umask."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Replace ``path`` by ``data`` atomically (visloc_core.atomic.write_bytes: temporary file, fsync,
+    rename; readers never see a half-written file). Permissions follow the umask."""
+    write_bytes(path, data)
 
 
 def _fmt(x: float) -> str:

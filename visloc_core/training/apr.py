@@ -34,10 +34,12 @@ import torch
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from scipy.stats import chi2
 
+from ..atomic import output_lock
 from ..geometry import R_from_quat_wxyz, rotvec_from_R
 from ..models.apr.artifact import SceneStats, write_apr_artifact
 from .apr_data import APRDataModule
 from .apr_module import APRModule
+from .checkpoint_io import AtomicCheckpointIO
 from .config import apr_config, override_epochs
 
 log = logging.getLogger(__name__)
@@ -199,22 +201,31 @@ def _trainer(cfg: dict, work: Path, max_epochs: int, n_batches: int) -> tuple[pl
         gradient_clip_val=float(t["gradient_clip_val"]) or None,
         num_sanity_val_steps=0,
         default_root_dir=str(work),
+        plugins=[AtomicCheckpointIO()],
     )
     return trainer, ckpt
 
 
 def train(cfg: dict, data: str | Path, out: str | Path, args: argparse.Namespace | None = None) -> Path | None:
     """Train an APR model on dataset ``data`` and write the artifact ``out``; returns its path
-    (None when training was interrupted: checkpoints are kept for ``--resume``)."""
+    (None when training was interrupted: checkpoints are kept for ``--resume``).
+
+    ``out`` and the work folder are locked for the whole run (visloc_core.atomic.output_lock): a
+    second training into either fails at once instead of sharing checkpoints."""
     args = args or argparse.Namespace()
+    out = Path(out)
+    work = Path(getattr(args, "work_dir", None) or work_dir_for(out))
+    with output_lock(out, "--out"), output_lock(work, "--work-dir"):
+        return _train_locked(cfg, data, out, work, args)
+
+
+def _train_locked(cfg: dict, data: str | Path, out: Path, work: Path, args: argparse.Namespace) -> Path | None:
     cfg = apr_config(cfg)
     if getattr(args, "device", None):
         cfg["train"]["device"] = args.device
     if getattr(args, "epochs", None):
         cfg["train"]["stages"] = override_epochs(cfg["train"]["stages"], int(args.epochs))
         cfg["train"]["epochs"] = sum(s["epochs"] for s in cfg["train"]["stages"])
-    out = Path(out)
-    work = Path(getattr(args, "work_dir", None) or work_dir_for(out))
     resume = bool(getattr(args, "resume", False))
     overwrite = bool(getattr(args, "overwrite", False))
     last = work / "checkpoints" / "last.ckpt"

@@ -34,6 +34,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from ..atomic import output_lock
 from ..data.layout import Dataset
 from ..data.torch_dataset import ImageTransform
 from ..geometry import relative_pose, rotation_angle_deg, rotation_error_deg
@@ -198,8 +199,13 @@ def build_pair_sets(
 
 
 def train(cfg: dict, data: str | Path, out: str | Path, args: argparse.Namespace | None = None) -> Path:
-    """Train the relative-pose network on pairs of ``data`` and write a checkpoint folder ``out``."""
-    out = Path(out)
+    """Train the relative-pose network on pairs of ``data`` and write a checkpoint folder ``out``
+    (locked for the whole run: a second training into ``out`` fails at once)."""
+    with output_lock(out, "--out"):
+        return _train_locked(cfg, data, Path(out), args)
+
+
+def _train_locked(cfg: dict, data: str | Path, out: Path, args: argparse.Namespace | None) -> Path:
     overwrite = bool(getattr(args, "overwrite", False))
     if getattr(args, "resume", False):
         raise ValueError(

@@ -31,14 +31,12 @@ interrupted run never leaves a half-written bag under the final name.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ...atomic import replace_folder
+from ...atomic import atomic_folder
 from ...geometry import (
     ROS_OPTICAL_TO_BODY,
     PinholeCamera,
@@ -119,19 +117,21 @@ class SequenceBagWriter:
         if storage not in STORAGES:
             raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
         self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(f"bag {self.path} exists; pass --overwrite or choose another folder")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.overwrite = overwrite
         self.camera = camera
         self.compressed = compressed
         self.depth = depth
         self.T_base_cameralink = np.asarray(T_base_cameralink, dtype=np.float64)
-        self._tmpdir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-", dir=self.path.parent))
+        # rosbags' Writer creates its folder itself: the temporary path is reserved, not created
+        self._folder = atomic_folder(self.path, overwrite=overwrite, create=False, what="bag folder").open()
         self.ts = _typestore()
         plugin = StoragePlugin.SQLITE3 if storage == "sqlite3" else StoragePlugin.MCAP
-        self._writer = Writer(self._tmpdir / self.path.name, version=9, storage_plugin=plugin)
-        self._writer.open()
+        try:
+            self._writer = Writer(self._folder.path, version=9, storage_plugin=plugin)
+            self._writer.open()
+        except BaseException:
+            self._folder.abort()
+            raise
         self._conns: dict[str, object] = {}
         image_topic, image_type = (
             (TOPIC_IMAGE_COMPRESSED, "sensor_msgs/msg/CompressedImage")
@@ -350,13 +350,13 @@ class SequenceBagWriter:
             return self.path
         if self._odom is not None:
             self._flush_odometry(int(self._odom[0][-1]))
-        self._writer.close()
-        built = self._tmpdir / self.path.name
-        if self.path.exists() and not self.overwrite:
-            raise FileExistsError(f"{self.path} appeared while writing; the new bag is left at {built}")
-        replace_folder(built, self.path)
-        shutil.rmtree(self._tmpdir, ignore_errors=True)
+        try:
+            self._writer.close()
+        except BaseException:
+            self.abort()
+            raise
         self._closed = True
+        self._folder.commit()
         log.info("wrote bag %s (%s)", self.path, ", ".join(f"{k}: {v}" for k, v in self.counts.items()))
         return self.path
 
@@ -368,8 +368,8 @@ class SequenceBagWriter:
             self._writer.close()
         except Exception:  # the writer may be in any state after an error; the folder goes anyway
             log.debug("closing the partial bag failed", exc_info=True)
-        shutil.rmtree(self._tmpdir, ignore_errors=True)
         self._closed = True
+        self._folder.abort()
 
     def __enter__(self) -> SequenceBagWriter:
         return self

@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ...atomic import write_bytes
 from .spec import CLASSES
 
 THUMB_W = 160
@@ -106,9 +107,7 @@ def write_contact_sheet(
         cv2.putText(legend, name, (x + 13, 34), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (230, 230, 230), 1, cv2.LINE_AA)
         x += 16 + 8 * len(name)
     sheet = np.concatenate([legend] + [np.concatenate([r, np.full((2, width, 3), 60, np.uint8)]) for r in rows])
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    if not cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {tmp}")
-    tmp.replace(path)
-    return path
+    ok, png = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"could not encode {path}")
+    return write_bytes(path, png.tobytes())

@@ -25,9 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +33,7 @@ import cv2
 import numpy as np
 import yaml
 
-from ...atomic import replace_folder
+from ...atomic import atomic_folder
 from ...data.layout import Dataset, FrameRecord
 from ...geometry import PinholeCamera
 from ...yaml_io import load_yaml_file
@@ -163,10 +161,9 @@ def build_map(
         )
     log.info("map build: %d frames of %s split %s; config %s", len(frames), data, split, json.dumps(cfg))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    ok = False
-    try:
+    # Atomic (visloc_core.atomic): built beside `out`, swapped in at the end; Ctrl-C keeps the
+    # partial folder as .NAME.interrupted-PID; a second build into the same `out` fails at once.
+    with atomic_folder(out, overwrite=overwrite, keep_partial_on_interrupt=True) as tmp:
         (tmp / "images").mkdir()
         size = tuple(int(x) for x in cfg["image_size"]) if cfg.get("image_size") else None
         estimator = build_estimator(cfg["estimator"], device)
@@ -282,18 +279,8 @@ def build_map(
             "stats": stats,
         }
         (tmp / "artifact.json").write_text(json.dumps(meta, indent=2))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; an artifact is meant to be shared
-        replace_folder(tmp, out)
-        ok = True
-        log.info("map written to %s (%d keyframes)", out, len(keyframes))
-        return out
-    except KeyboardInterrupt:
-        log.warning("interrupted: the partial map is kept in %s (not a usable artifact)", tmp)
-        ok = True  # keep it
-        raise
-    finally:
-        if not ok:
-            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("map written to %s (%d keyframes)", out, len(keyframes))
+    return out
 
 
 def load_keyframes(artifact_dir: Path) -> list[Keyframe]:

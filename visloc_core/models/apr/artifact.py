@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 import yaml
 
-from ...atomic import replace_folder
+from ...atomic import atomic_folder
 from ..registry import SceneSpec, build_apr_model
 
 ARTIFACT_KIND = "apr"
@@ -113,11 +112,7 @@ def write_apr_artifact(
 ) -> Path:
     """Write the artifact folder atomically; ``extra_files`` maps names in the folder to files to copy."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic_folder(out, overwrite=overwrite) as tmp:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         torch.save(state, tmp / WEIGHTS_FILE)
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -153,10 +148,6 @@ def write_apr_artifact(
         for name, src in (extra_files or {}).items():
             if Path(src).is_file():
                 shutil.copyfile(src, tmp / name)
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -14,14 +14,12 @@ the trained weights overwrite everything.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 import yaml
 
+from ...atomic import atomic_folder
 from .net import RelPoseNet, merge_conf
 
 FORMAT = "visloc-relpose-net"
@@ -32,25 +30,11 @@ META_FILE = "relpose_net.json"
 def save_relpose_net(model: RelPoseNet, meta: dict, train_cfg: dict, out: str | Path, overwrite: bool = False) -> Path:
     """Write the checkpoint folder ``out`` atomically (temporary folder next to it, then rename)."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic_folder(out, overwrite=overwrite) as tmp:
         torch.save(model.state_dict(), tmp / "weights.pt")
         full = {"format": FORMAT, "version": VERSION, "model": model.conf, **meta}
         (tmp / META_FILE).write_text(json.dumps(full, indent=2, default=_jsonable))
         (tmp / "config.yaml").write_text(yaml.safe_dump(train_cfg, sort_keys=False))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
