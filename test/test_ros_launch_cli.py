@@ -23,6 +23,7 @@ import rclpy
 import yaml
 from ros_helpers import TINY_CAMERA, Probe, ros_src_skip_reason, tiny_frames, trained_tiny_artifact
 
+from visloc_core.data import messages as rosmsg
 from visloc_core.localizers.loading import load_localizer
 from visloc_ros import conversions as conv
 
@@ -200,10 +201,14 @@ def test_ros2_launch_reaches_active_and_localizes(launched, artifact):
     tf = probe.get("/tf")[0].transforms[0]
     assert result.status == result.LOCALIZED and result.method == "apr/posenet"
     assert {m.header.frame_id for m in (pose, pose_cov, result, tf)} == {"world_map"}
-    assert {conv.stamp_to_ns(m.header.stamp) for m in (pose, pose_cov, result, tf)} == {stamp}
+    assert {rosmsg.stamp_ns(m.header) for m in (pose, pose_cov, result, tf)} == {stamp}
     assert tf.child_frame_id == "cam_opt"  # base_frame "" (file): the camera's pose, frame of the image header
     T_ref = load_localizer(artifact).localize(img, TINY_CAMERA, stamp).T_world_cam  # same model, same image
-    for T in (conv.pose_to_T(pose.pose), conv.pose_to_T(pose_cov.pose.pose), conv.transform_to_T(tf.transform)):
+    for T in (
+        rosmsg.T_from_pose(pose.pose),
+        rosmsg.T_from_pose(pose_cov.pose.pose),
+        rosmsg.T_from_transform(tf.transform),
+    ):
         np.testing.assert_allclose(T, T_ref, atol=1e-5)
 
 
@@ -242,7 +247,7 @@ def test_lifecycle_deactivate_activate_and_relocalize_over_the_services(launched
     probe.wait_connected(probe.image_pub, timeout_s=60.0)
     stamp = 1_800_000_002_000_000_000
     _localize_one(probe, 0.5, stamp, wait_topic="localization")
-    assert [conv.stamp_to_ns(m.header.stamp) for m in probe.get("localization")[n_before:]] == [stamp]
+    assert [rosmsg.stamp_ns(m.header) for m in probe.get("localization")[n_before:]] == [stamp]
     client = probe.node.create_client(Trigger, "/relocalize")
     assert client.wait_for_service(30.0)
     fut = client.call_async(Trigger.Request())

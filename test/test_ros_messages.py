@@ -11,6 +11,7 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.executors import MultiThreadedExecutor
 from visloc_ros.msg import LocalizationResult as LocalizationResultMsg
 
+from visloc_core.data import messages as rosmsg
 from visloc_core.geometry import R_from_rotvec, T_from_R_t
 from visloc_core.localizers.base import LocalizationResult, Status
 from visloc_ros import conversions as conv
@@ -70,8 +71,8 @@ def test_exchange_between_two_nodes():
         assert (back.method, back.scene, back.num_inliers) == ("relpose/xfeat", "office", 321)
         assert (recv.latency.sec, recv.latency.nanosec) == (0, 87_500_000)
         rp = got["pose"][0]
-        assert rp == pose and conv.stamp_to_ns(rp.header.stamp) == stamp
-        np.testing.assert_allclose(conv.pose_to_T(rp.pose), T, atol=1e-12)
+        assert rp == pose and rosmsg.stamp_ns(rp.header) == stamp
+        np.testing.assert_allclose(rosmsg.T_from_pose(rp.pose), T, atol=1e-12)
     finally:
         ex.shutdown(timeout_sec=2.0)
         th.join(timeout=5.0)

@@ -17,6 +17,7 @@ from nav_msgs.msg import Odometry
 from ros_helpers import TINY_CAMERA, Probe, tiny_frames, trained_tiny_artifact
 from std_srvs.srv import Trigger
 
+from visloc_core.data import messages as rosmsg
 from visloc_core.geometry import (
     R_from_rotvec,
     T_from_R_t,
@@ -105,11 +106,11 @@ def test_localizes_sequence_with_input_stamps_and_frames(session_factory):
     s.probe.wait_for(lambda: s.probe.count("pose") == len(frames), what="all poses")
     results = s.probe.get("localization")
     poses = s.probe.get("pose")
-    assert [conv.stamp_to_ns(m.header.stamp) for m in results] == stamps
-    assert [conv.stamp_to_ns(m.header.stamp) for m in poses] == stamps
+    assert [rosmsg.stamp_ns(m.header) for m in results] == stamps
+    assert [rosmsg.stamp_ns(m.header) for m in poses] == stamps
     assert {m.header.frame_id for m in results + poses} == {"world_map"}
     assert all(m.status == m.LOCALIZED and m.method == "apr/posenet" for m in results)
-    T_est = np.stack([conv.pose_to_T(m.pose) for m in poses])
+    T_est = np.stack([rosmsg.T_from_pose(m.pose) for m in poses])
     T_gt = np.stack([gt for _, gt in frames])
     t_err, r_err = pose_errors(T_est, T_gt)
     # The tiny model's held-out accuracy on this 2 m path (validation median ~0.06 m / 1.2 deg); a model
@@ -118,16 +119,16 @@ def test_localizes_sequence_with_input_stamps_and_frames(session_factory):
     # pose_with_covariance is latched (transient local, depth 1): the last pose, with the artifact's covariance
     s.probe.wait_for(lambda: s.probe.count("pose_with_covariance") >= 1)
     last = s.probe.get("pose_with_covariance")[-1]
-    assert conv.stamp_to_ns(last.header.stamp) == stamps[-1]
+    assert rosmsg.stamp_ns(last.header) == stamps[-1]
     cov = conv.list_to_covariance(last.pose.covariance)
     calib = s.node.localizer.covariance_66
     np.testing.assert_allclose(np.diag(cov), np.diag(calib), rtol=1e-9)
     # TF: map -> camera frame of the image header at the image stamp, equal to the pose
     s.probe.wait_for(lambda: s.probe.count("/tf") == len(frames), what="/tf")
     tfs = [m.transforms[0] for m in s.probe.get("/tf")]
-    assert [conv.stamp_to_ns(t.header.stamp) for t in tfs] == stamps
+    assert [rosmsg.stamp_ns(t.header) for t in tfs] == stamps
     assert {(t.header.frame_id, t.child_frame_id) for t in tfs} == {("world_map", "cam_opt")}
-    np.testing.assert_allclose(conv.transform_to_T(tfs[-1].transform), T_est[-1], atol=1e-9)
+    np.testing.assert_allclose(rosmsg.T_from_transform(tfs[-1].transform), T_est[-1], atol=1e-9)
     # latency and stage timings are carried
     assert all(m.stage_names == ["preprocess", "inference", "postprocess"] for m in results)
 
@@ -176,14 +177,14 @@ def test_base_frame_pose_and_map_to_odom_against_analytic(session_factory, artif
     T_map_base = T_map_cam @ invert_T(T_base_cam)
     pose = s.probe.get("pose")[0]
     assert pose.header.frame_id == "map"
-    np.testing.assert_allclose(conv.pose_to_T(pose.pose), T_map_base, atol=1e-6)
+    np.testing.assert_allclose(rosmsg.T_from_pose(pose.pose), T_map_base, atol=1e-6)
     # odometry interpolated at the image stamp: linear motion and constant yaw rate -> exact analytic value,
     # up to SLERP = constant-rate rotation (exact) and linear translation (exact here)
     T_odom_base = _odom_at(stamp)
     tf = s.probe.get("/tf")[0].transforms[0]
     assert (tf.header.frame_id, tf.child_frame_id) == ("map", "odom")
-    assert conv.stamp_to_ns(tf.header.stamp) == stamp + 250_000_000  # post-dated by transform_tolerance
-    T_map_odom = conv.transform_to_T(tf.transform)
+    assert rosmsg.stamp_ns(tf.header) == stamp + 250_000_000  # post-dated by transform_tolerance
+    T_map_odom = rosmsg.T_from_transform(tf.transform)
     np.testing.assert_allclose(T_map_odom, T_map_base @ invert_T(T_odom_base), atol=1e-6)
     # chaining map->odom->base gives the pose back (REP-105)
     np.testing.assert_allclose(T_map_odom @ T_odom_base, T_map_base, atol=1e-6)
@@ -201,7 +202,7 @@ def test_malformed_input_does_not_stop_node_and_shows_in_diagnostics(session_fac
     bad = []
     m = conv.rgb_to_image(img, "rgb8", stamp + 1)
     m.encoding = "yuv422_yuy2"
-    bad.append((m, "unsupported image encoding"))
+    bad.append((m, "unsupported encoding"))
     m = conv.rgb_to_image(img, "rgb8", stamp + 2)
     m.step = m.step + 4  # claims padding the data does not have
     bad.append((m, "step*height"))
@@ -233,7 +234,7 @@ def test_malformed_input_does_not_stop_node_and_shows_in_diagnostics(session_fac
     s.send_camera_info()
     s.probe.publish_frame(conv.rgb_to_image(img, "bgra8", stamp + 6), wait_topic="pose")
     s.probe.publish_frame(conv.rgb_to_image(img, "rgb8", stamp + 7), wait_topic="pose")
-    assert conv.stamp_to_ns(s.probe.get("pose")[-1].header.stamp) == stamp + 7
+    assert rosmsg.stamp_ns(s.probe.get("pose")[-1].header) == stamp + 7
     # /diagnostics carries the counts and the last error
     s.probe.wait_for(lambda: s.probe.last_diagnostics().get("frames_processed") == "2", what="diagnostics")
     d = s.probe.last_diagnostics()
@@ -251,7 +252,7 @@ def test_rejected_is_never_published_as_a_pose_and_relocalize_resets(session_fac
     s.probe.publish_frame(conv.rgb_to_image(img_b, "rgb8", t0 + 100_000_000))
     rejected = s.probe.get("localization")[-1]
     assert rejected.status == rejected.REJECTED and "jump" in rejected.status_reason
-    assert conv.stamp_to_ns(rejected.header.stamp) == t0 + 100_000_000
+    assert rosmsg.stamp_ns(rejected.header) == t0 + 100_000_000
     # the rejected estimate is carried in the message (for diagnosis), but nothing else saw it
     assert s.probe.count("pose") == 1 and s.probe.count("/tf") == 1
     # relocalize: the next frame at the far place is accepted
@@ -260,7 +261,7 @@ def test_rejected_is_never_published_as_a_pose_and_relocalize_resets(session_fac
     assert fut.result().success
     s.probe.publish_frame(conv.rgb_to_image(img_b, "rgb8", t0 + 200_000_000), wait_topic="pose")
     assert s.probe.get("localization")[-1].status == rejected.LOCALIZED
-    stamps = [conv.stamp_to_ns(m.header.stamp) for m in s.probe.get("pose")]
+    stamps = [rosmsg.stamp_ns(m.header) for m in s.probe.get("pose")]
     assert stamps == [t0, t0 + 200_000_000]
     s.probe.wait_for(lambda: s.probe.last_diagnostics().get("frames_rejected") == "1", what="diagnostics")
     assert "jump" in s.probe.last_diagnostics()["last_status_reason"]
@@ -306,13 +307,15 @@ def test_newest_frame_policy_drops_stale_frames(session_factory):
     img, _ = tiny_frames([0.5])[0]
     t0 = 5_000_000_000_000
     s.probe.image_pub.publish(conv.rgb_to_image(img, "rgb8", t0))
-    s.probe.wait_for(lambda: s.node.counters()["received"] == 1 and s.node._mailbox._item is None, what="worker busy")
-    for k in range(1, 10):  # one at a time, so the DDS history (depth 5) cannot lose any
+    s.probe.wait_for(
+        lambda: s.node.counters()["received"] == 1 and s.node._worker.mailbox._item is None, what="worker busy"
+    )
+    for k in range(1, 10):  # one at a time, so the DDS history (depth 1) cannot lose any
         s.probe.image_pub.publish(conv.rgb_to_image(img, "rgb8", t0 + k))
         s.probe.wait_for(lambda k=k: s.node.counters()["received"] == k + 1, what=f"frame {k} received")
     release.set()
     s.probe.wait_for(lambda: s.probe.count("localization") == 2, what="2 results")
-    stamps = [conv.stamp_to_ns(m.header.stamp) for m in s.probe.get("localization")]
+    stamps = [rosmsg.stamp_ns(m.header) for m in s.probe.get("localization")]
     assert stamps == [t0, t0 + 9]
     c = s.node.counters()
     assert (c["processed"], c["dropped"]) == (2, 8)
@@ -324,7 +327,7 @@ def test_compressed_input(session_factory):
     frames = tiny_frames([0.3, 0.6])
     for k, (img, _) in enumerate(frames):
         s.probe.publish_frame(conv.rgb_to_compressed(img, "png", 6_000_000_000_000 + k), wait_topic="pose")
-    T_est = np.stack([conv.pose_to_T(m.pose) for m in s.probe.get("pose")])
+    T_est = np.stack([rosmsg.T_from_pose(m.pose) for m in s.probe.get("pose")])
     # png is lossless: exactly what the localizer gives on the raw image, moved to base_link
     T_ref = np.stack([s.node.localizer.localize(img, TINY_CAMERA, 0).T_world_cam for img, _ in frames])
     T_base_cam = s.node._T_base_cam_params
@@ -375,7 +378,7 @@ def test_localizer_rejection_and_exceptions_pass_through_as_diagnostics(session_
     assert "simulated model failure" in s.node.counters()["last_error"]
     mode["next"] = "pass"
     s.probe.publish_frame(conv.rgb_to_image(img, "rgb8", t0 + 2), wait_topic="pose")
-    assert [conv.stamp_to_ns(m.header.stamp) for m in s.probe.get("pose")] == [t0 + 2]
+    assert [rosmsg.stamp_ns(m.header) for m in s.probe.get("pose")] == [t0 + 2]
     assert s.probe.count("/tf") == 1
 
 

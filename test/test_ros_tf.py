@@ -15,6 +15,7 @@ import rclpy
 from nav_msgs.msg import Odometry
 from ros_helpers import TINY_CAMERA, Probe, ros_src_skip_reason, tiny_frames, trained_tiny_artifact
 
+from visloc_core.data import messages as rosmsg
 from visloc_core.geometry import R_from_rotvec, T_from_R_t, invert_T
 from visloc_core.localizers.loading import load_localizer
 from visloc_core.localizers.tf_logic import pose_in_output_frame
@@ -106,7 +107,7 @@ def test_camera_extrinsic_comes_from_tf_static(session, reference):
     probe.publish_frame(conv.rgb_to_image(img, "rgb8", T0 + 1, "cam_opt"), wait_topic="pose")
     ref = reference.localize(img, TINY_CAMERA, T0 + 1)
     T_map_base = ref.T_world_cam @ invert_T(MOUNT)
-    np.testing.assert_allclose(conv.pose_to_T(probe.get("pose")[0].pose), T_map_base, atol=1e-6)
+    np.testing.assert_allclose(rosmsg.T_from_pose(probe.get("pose")[0].pose), T_map_base, atol=1e-6)
     # the covariance is moved to base_link with the same lever arm (tf_logic.pose_in_output_frame)
     probe.wait_for(lambda: probe.count("pose_with_covariance") >= 1, what="pose_with_covariance")
     cov = conv.list_to_covariance(probe.get("pose_with_covariance")[-1].pose.covariance)
@@ -115,8 +116,8 @@ def test_camera_extrinsic_comes_from_tf_static(session, reference):
     )
     # map->base_link on /tf (no odom_frame), at the image stamp
     (tf,) = _tf_from(probe, "map", "base_link")
-    assert conv.stamp_to_ns(tf.header.stamp) == T0 + 1
-    np.testing.assert_allclose(conv.transform_to_T(tf.transform), T_map_base, atol=1e-6)
+    assert rosmsg.stamp_ns(tf.header) == T0 + 1
+    np.testing.assert_allclose(rosmsg.T_from_transform(tf.transform), T_map_base, atol=1e-6)
 
 
 @needs_tf2
@@ -143,15 +144,15 @@ def test_map_to_odom_against_drifting_odometry_on_tf(session, reference):
     probe.publish_frame(conv.rgb_to_image(img, "rgb8", stamp, "cam_opt"), wait_topic="pose")
     probe.wait_for(lambda: len(_tf_from(probe, "map", "odom")) == 1, what="map->odom")
     T_map_base = reference.localize(img, TINY_CAMERA, stamp).T_world_cam @ invert_T(MOUNT)
-    np.testing.assert_allclose(conv.pose_to_T(probe.get("pose")[0].pose), T_map_base, atol=1e-6)
+    np.testing.assert_allclose(rosmsg.T_from_pose(probe.get("pose")[0].pose), T_map_base, atol=1e-6)
     (tf,) = _tf_from(probe, "map", "odom")
-    assert conv.stamp_to_ns(tf.header.stamp) == stamp + 250_000_000  # post-dated by transform_tolerance
-    T_map_odom = conv.transform_to_T(tf.transform)
+    assert rosmsg.stamp_ns(tf.header) == stamp + 250_000_000  # post-dated by transform_tolerance
+    T_map_odom = rosmsg.T_from_transform(tf.transform)
     np.testing.assert_allclose(T_map_odom, T_map_base @ invert_T(odom_at(stamp)), atol=1e-6)
     # what a TF user sees: map->base_link through map->odom->base_link, at the image stamp + tolerance
     t_user = stamp + 250_000_000
     probe.wait_for(lambda: buffer.can_transform("map", "base_link", Time(nanoseconds=t_user)), what="chain")
-    T_user = conv.transform_to_T(buffer.lookup_transform("map", "base_link", Time(nanoseconds=t_user)).transform)
+    T_user = rosmsg.T_from_transform(buffer.lookup_transform("map", "base_link", Time(nanoseconds=t_user)).transform)
     np.testing.assert_allclose(T_user, T_map_odom @ odom_at(t_user), atol=1e-6)
     # ... which is the estimate carried forward by the odometry's own motion over the tolerance
     np.testing.assert_allclose(T_user, T_map_base @ invert_T(odom_at(stamp)) @ odom_at(t_user), atol=1e-6)
@@ -183,7 +184,7 @@ def test_odometry_lag_is_held_briefly_then_map_to_odom_is_skipped(session, refer
     probe.publish_frame(conv.rgb_to_image(img, "rgb8", T0 + 30_000_000, "cam_opt"), wait_topic="pose")
     probe.wait_for(lambda: len(_tf_from(probe, "map", "odom")) == 1, what="map->odom")
     T_map_base = reference.localize(img, TINY_CAMERA, T0).T_world_cam @ invert_T(MOUNT)
-    T_map_odom = conv.transform_to_T(_tf_from(probe, "map", "odom")[0].transform)
+    T_map_odom = rosmsg.T_from_transform(_tf_from(probe, "map", "odom")[0].transform)
     np.testing.assert_allclose(T_map_odom, T_map_base @ invert_T(odom_at(T0)), atol=1e-6)
     probe.publish_frame(conv.rgb_to_image(img, "rgb8", T0 + 1_000_000_000, "cam_opt"), wait_topic="pose")
     probe.wait_for(lambda: node.counters()["tf_skipped"] == 1, what="tf_skipped")
@@ -212,7 +213,9 @@ def test_odometry_from_the_topic_while_tf2_listens(session, reference):
     probe.wait_for(lambda: len(_tf_from(probe, "map", "odom")) == 2, what="map->odom for both frames")
     T_map_base = reference.localize(img, TINY_CAMERA, 0).T_world_cam @ invert_T(node._T_base_cam_params)
     for tf, stamp in zip(_tf_from(probe, "map", "odom"), stamps, strict=True):
-        np.testing.assert_allclose(conv.transform_to_T(tf.transform), T_map_base @ invert_T(odom_at(stamp)), atol=1e-6)
+        np.testing.assert_allclose(
+            rosmsg.T_from_transform(tf.transform), T_map_base @ invert_T(odom_at(stamp)), atol=1e-6
+        )
     assert node.counters()["tf_skipped"] == 0
 
 
@@ -244,8 +247,8 @@ def test_without_tf2_ros_tf_goes_out_as_tfmessage_and_odometry_comes_from_the_to
     T_base_cam = T_from_R_t(R_BASE_OPT, np.array(t_base_cam))
     T_map_base = reference.localize(img, TINY_CAMERA, stamp).T_world_cam @ invert_T(T_base_cam)
     (tf,) = _tf_from(probe, "map", "odom")
-    assert conv.stamp_to_ns(tf.header.stamp) == stamp + 100_000_000
-    np.testing.assert_allclose(conv.transform_to_T(tf.transform), T_map_base @ invert_T(odom_at(stamp)), atol=1e-6)
+    assert rosmsg.stamp_ns(tf.header) == stamp + 100_000_000
+    np.testing.assert_allclose(rosmsg.T_from_transform(tf.transform), T_map_base @ invert_T(odom_at(stamp)), atol=1e-6)
     info = probe.node.get_publishers_info_by_topic("/tf")
     assert {i.topic_type for i in info} == {"tf2_msgs/msg/TFMessage"}
     assert {str(i.topic_type_hash) for i in info} == {

@@ -17,6 +17,7 @@ import rclpy
 from relpose_scene import write_dataset
 from ros_helpers import Probe
 
+from visloc_core.data import messages as rosmsg
 from visloc_core.data.layout import Dataset
 from visloc_core.geometry import R_from_rotvec, T_from_R_t
 from visloc_core.localizers.base import Status
@@ -108,7 +109,7 @@ def test_markers_and_debug_image_over_dds(sift_map):
         assert centres.header.frame_id == "map"
         # estimate: arrow from the published position along the camera's optical axis, ellipsoid of its covariance
         pose = probe.get("pose_with_covariance")[-1]
-        T = conv.pose_to_T(pose.pose.pose)
+        T = rosmsg.T_from_pose(pose.pose.pose)
         cov = conv.list_to_covariance(pose.pose.covariance)
         by_ns = {m.ns: m for m in probe.get("markers")[-1].markers}
         a0, a1 = (np.array([p.x, p.y, p.z]) for p in by_ns["estimate"].points)
@@ -119,11 +120,11 @@ def test_markers_and_debug_image_over_dds(sift_map):
         np.testing.assert_allclose(
             sorted([ell.scale.x, ell.scale.y, ell.scale.z]), sorted(np.maximum(diam, 1e-3)), rtol=1e-6
         )
-        assert conv.stamp_to_ns(ell.header.stamp) == stamp and "LOCALIZED" in by_ns["estimate_text"].text
+        assert rosmsg.stamp_ns(ell.header) == stamp and "LOCALIZED" in by_ns["estimate_text"].text
         # debug image: banner, then the query (enlarged x3 to >= 480 px width) next to the top keyframe
         result = probe.get("localization")[-1]
         dbg = probe.get("debug_image")[-1]
-        assert conv.stamp_to_ns(dbg.header.stamp) == stamp and dbg.encoding == "rgb8"
+        assert rosmsg.stamp_ns(dbg.header) == stamp and dbg.encoding == "rgb8"
         img = np.frombuffer(bytes(dbg.data), np.uint8).reshape(dbg.height, dbg.width, 3)
         top = next(k for k in kfs if k["key"] == result.reference_ids[0])
         ref = cv2.cvtColor(cv2.imread(str(art / top["image"])), cv2.COLOR_BGR2RGB)

@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> dict:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CameraInfo, Image
 
+    from visloc_core.data import messages as rosmsg
     from visloc_core.evaluation.bench.timing import machine_info, ratio, set_threads
     from visloc_core.geometry import PinholeCamera
     from visloc_core.localizers.loading import load_localizer
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> dict:
     stages: dict[int, float] = {}
 
     def on_result(msg) -> None:
-        s = conv.stamp_to_ns(msg.header.stamp)
+        s = rosmsg.stamp_ns(msg.header)
         results[s] = time.perf_counter()
         internal[s] = 1000.0 * (msg.latency.sec + msg.latency.nanosec * 1e-9)
         stages[s] = 1000.0 * float(sum(msg.stage_seconds))

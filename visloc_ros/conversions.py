@@ -1,7 +1,12 @@
-"""The ONLY place where ROS messages become visloc types and back.
+"""Building rclpy messages from visloc types (the ROS half of the boundary).
+
+DECODING ROS messages into numpy is the core's job: ``visloc_core.data.messages`` (one decoder for
+from-bag, the node and replay; it takes rclpy messages as they are). This module only builds
+messages, plus :func:`msg_to_result`, the adapter from visloc_ros/LocalizationResult to the core
+``LocalizationResult``.
 
 Conventions at this boundary:
-- images become RGB uint8 (H, W, 3) numpy arrays (visloc's image convention);
+- images are RGB uint8 (H, W, 3) numpy arrays (visloc's image convention);
 - quaternions in ROS messages are (x, y, z, w); inside visloc (w, x, y, z)
   (geometry.quat_xyzw_to_wxyz / quat_wxyz_to_xyzw);
 - poses are 4x4 ``T_parent_child`` (geometry_msgs/Pose in frame ``header.frame_id`` is
@@ -9,9 +14,6 @@ Conventions at this boundary:
 - covariances are 6x6 over (x, y, z, rotation about X, Y, Z) in m^2 / rad^2, stored row-major
   as 36 float64 in geometry_msgs/PoseWithCovariance;
 - stamps are integer nanoseconds.
-
-Every conversion of bad input raises :class:`BadInputError` whose message names the field that is
-wrong and what is expected, so the node can log it and keep running.
 """
 
 from __future__ import annotations
@@ -25,41 +27,14 @@ from builtin_interfaces.msg import Duration, Time
 from geometry_msgs.msg import Pose, PoseWithCovariance, Transform, TransformStamped
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from visloc_core.geometry import (
-    PinholeCamera,
-    R_from_quat_wxyz,
-    T_from_R_t,
-    quat_wxyz_from_R,
-    quat_wxyz_to_xyzw,
-    quat_xyzw_to_wxyz,
-)
+from visloc_core.data import messages as rosmsg
+from visloc_core.geometry import PinholeCamera, quat_wxyz_from_R, quat_wxyz_to_xyzw
 from visloc_core.localizers.base import LocalizationResult, Status
 
-
-class BadInputError(ValueError):
-    """An input message that cannot be used (the message says what is wrong and what to do)."""
-
-
-# encoding -> (channels, numpy dtype, channel order to reach RGB)
-_ENCODINGS: dict[str, tuple[int, type, str]] = {
-    "rgb8": (3, np.uint8, "rgb"),
-    "bgr8": (3, np.uint8, "bgr"),
-    "rgba8": (4, np.uint8, "rgba"),
-    "bgra8": (4, np.uint8, "bgra"),
-    "mono8": (1, np.uint8, "mono"),
-    "8uc1": (1, np.uint8, "mono"),
-    "mono16": (1, np.uint16, "mono"),
-    "16uc1": (1, np.uint16, "mono"),
-}
+# What rgb_to_image can build (the decoder accepts more: visloc_core.data.messages).
 SUPPORTED_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16")
 
-
 # ---------------------------------------------------------------------------------------- time
-
-
-def stamp_to_ns(stamp: Time) -> int:
-    """builtin_interfaces/Time -> integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def ns_to_stamp(stamp_ns: int) -> Time:
@@ -78,87 +53,6 @@ def seconds_to_duration(seconds: float) -> Duration:
 # -------------------------------------------------------------------------------------- images
 
 
-def image_to_rgb(msg: Image) -> np.ndarray:
-    """sensor_msgs/Image -> RGB uint8 (H, W, 3), a fresh contiguous array.
-
-    Supports rgb8, bgr8, rgba8, bgra8 (alpha dropped), mono8 and mono16 (grey replicated to three
-    channels; 16-bit values are scaled to 8 bit by keeping the high byte, i.e. ``v >> 8``).
-    Honours row padding (``step`` > width * bytes per pixel) and ``is_bigendian`` for 16-bit data.
-    """
-    enc = str(msg.encoding).strip().lower()
-    if enc not in _ENCODINGS:
-        raise BadInputError(
-            f"unsupported image encoding {msg.encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)} "
-            "(or publish sensor_msgs/CompressedImage jpeg/png and set compressed:=true)"
-        )
-    channels, dtype, order = _ENCODINGS[enc]
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if h <= 0 or w <= 0:
-        raise BadInputError(f"image has size {w}x{h}; width and height must be positive")
-    data = msg.data
-    nbytes = len(data)
-    if nbytes == 0:
-        raise BadInputError(f"image {w}x{h} {enc} has empty data")
-    itemsize = np.dtype(dtype).itemsize
-    row_bytes = w * channels * itemsize
-    if step < row_bytes:
-        raise BadInputError(f"image step {step} is smaller than width*bytes per pixel = {row_bytes} ({w}x{h} {enc})")
-    if nbytes != step * h:
-        raise BadInputError(
-            f"image data has {nbytes} bytes but step*height = {step}*{h} = {step * h} ({w}x{h} {enc}); "
-            "the publisher's step or size is wrong"
-        )
-    # rclpy hands uint8[] as array.array('B') (or bytes): both expose the buffer protocol, no copy.
-    buf = np.frombuffer(data, dtype=np.uint8)
-    rows = buf.reshape(h, step)[:, :row_bytes]
-    if itemsize == 1:
-        px = rows.reshape(h, w, channels)
-    else:
-        big = bool(msg.is_bigendian)
-        px = np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(">" if big else "<")).reshape(h, w, channels)
-        px = (px.astype(np.uint16) >> 8).astype(np.uint8)
-    if order == "rgb":
-        out = px
-    elif order == "bgr":
-        out = px[:, :, ::-1]
-    elif order == "rgba":
-        out = px[:, :, :3]
-    elif order == "bgra":
-        out = px[:, :, 2::-1]
-    else:  # mono
-        out = np.repeat(px, 3, axis=2)
-    return np.ascontiguousarray(out, dtype=np.uint8)
-
-
-CLASS_ENCODINGS = ("mono8", "8uc1", "mono16", "16uc1")
-
-
-def image_to_classes(msg: Image) -> np.ndarray:
-    """sensor_msgs/Image of per-pixel class ids (mono8 / 8UC1 / mono16 / 16UC1, as segmentation nodes
-    publish) -> integer array (H, W), uint8 or uint16, values unchanged (no scaling, unlike
-    :func:`image_to_rgb`). Honours ``step`` padding and ``is_bigendian``."""
-    enc = str(msg.encoding).strip().lower()
-    if enc not in CLASS_ENCODINGS:
-        raise BadInputError(
-            f"class map encoding {msg.encoding!r} is not supported; publish class ids as mono8/8UC1 or mono16/16UC1"
-        )
-    dtype = np.uint8 if enc in ("mono8", "8uc1") else np.uint16
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    itemsize = np.dtype(dtype).itemsize
-    if h <= 0 or w <= 0 or len(msg.data) == 0:
-        raise BadInputError(f"class map has size {w}x{h} and {len(msg.data)} bytes; it must be non-empty")
-    if step < w * itemsize or len(msg.data) != step * h:
-        raise BadInputError(
-            f"class map data has {len(msg.data)} bytes, step {step}, {w}x{h} {enc}: step*height must equal the "
-            "data size and step must hold a row"
-        )
-    rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(h, step)[:, : w * itemsize]
-    if itemsize == 1:
-        return np.ascontiguousarray(rows)
-    order = ">" if bool(msg.is_bigendian) else "<"
-    return np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(order)).reshape(h, w).astype(np.uint16)
-
-
 def classes_to_image(classes_HW: np.ndarray, stamp_ns: int = 0, frame_id: str = "") -> Image:
     """Integer class ids (H, W) -> sensor_msgs/Image, mono8 when all ids fit in 8 bits, else mono16."""
     c = np.asarray(classes_HW)
@@ -174,20 +68,6 @@ def classes_to_image(classes_HW: np.ndarray, stamp_ns: int = 0, frame_id: str = 
     msg.step = int(c.shape[1] * px.dtype.itemsize)
     msg.data = np.ascontiguousarray(px).view(np.uint8).tobytes()
     return msg
-
-
-def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
-    """sensor_msgs/CompressedImage (jpeg or png, as image_transport's compressed plugin writes) -> RGB uint8."""
-    fmt = str(msg.format).lower()
-    if fmt and not any(k in fmt for k in ("jpeg", "jpg", "png")):
-        raise BadInputError(f"unsupported compressed format {msg.format!r}; supported: jpeg, png")
-    if len(msg.data) == 0:
-        raise BadInputError(f"compressed image ({msg.format or 'no format'}) has empty data")
-    buf = np.frombuffer(msg.data, dtype=np.uint8)
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    if bgr is None or bgr.size == 0:
-        raise BadInputError(f"compressed image ({msg.format or 'no format'}, {buf.size} bytes) could not be decoded")
-    return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
 def rgb_to_image(
@@ -251,38 +131,13 @@ def rgb_to_compressed(
 # ------------------------------------------------------------------------------------- cameras
 
 
-def camera_info_to_camera(msg: CameraInfo) -> PinholeCamera:
-    """sensor_msgs/CameraInfo -> PinholeCamera (K, size, distortion D in OpenCV order).
-
-    Rejects an uncalibrated camera (K all zeros), non-finite or non-positive values and size 0.
-    """
-    w, h = int(msg.width), int(msg.height)
-    K = np.asarray(msg.k, dtype=np.float64).reshape(-1)
-    if w <= 0 or h <= 0:
-        raise BadInputError(f"camera_info has size {w}x{h}; width and height must be positive")
-    if K.size != 9:
-        raise BadInputError(f"camera_info K has {K.size} values, expected 9 (row-major 3x3)")
-    if not np.all(np.isfinite(K)):
-        raise BadInputError(f"camera_info K has non-finite values {K.tolist()}")
-    if not np.any(K):
-        raise BadInputError("camera_info K is all zeros (uncalibrated camera); calibrate the camera or fix camera_info")
-    D = np.asarray(msg.d, dtype=np.float64).reshape(-1)
-    if not np.all(np.isfinite(D)):
-        raise BadInputError(f"camera_info D has non-finite values {D.tolist()}")
-    try:
-        return PinholeCamera.from_K(K.reshape(3, 3), w, h, tuple(D.tolist()))
-    except ValueError as err:
-        raise BadInputError(f"camera_info is not a valid pinhole camera: {err}") from err
-
-
 def camera_to_camera_info(camera: PinholeCamera, stamp_ns: int = 0, frame_id: str = "") -> CameraInfo:
     """PinholeCamera -> sensor_msgs/CameraInfo (plumb_bob with the camera's coefficients, P = [K | 0])."""
     msg = CameraInfo()
     msg.header.stamp = ns_to_stamp(stamp_ns)
     msg.header.frame_id = frame_id
     msg.width, msg.height = int(camera.width), int(camera.height)
-    msg.distortion_model = "plumb_bob"
-    msg.d = [float(d) for d in camera.dist] or [0.0] * 5
+    msg.distortion_model, msg.d = rosmsg.distortion_model_for(camera.dist)
     msg.k = [float(v) for v in camera.K.reshape(-1)]
     msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
     P = np.zeros((3, 4))
@@ -311,25 +166,6 @@ def T_to_pose(T_44: np.ndarray) -> Pose:
     return msg
 
 
-def _quat_xyzw_to_R(x: float, y: float, z: float, w: float, what: str) -> np.ndarray:
-    q_xyzw = np.array([x, y, z, w], dtype=np.float64)
-    n = float(np.linalg.norm(q_xyzw))
-    if not np.all(np.isfinite(q_xyzw)) or n < 1e-6:
-        raise BadInputError(f"{what}: invalid orientation quaternion (x, y, z, w) = {q_xyzw.tolist()}")
-    if abs(n - 1.0) > 1e-2:
-        raise BadInputError(f"{what}: orientation quaternion is not unit length (norm {n:.4f})")
-    return R_from_quat_wxyz(quat_xyzw_to_wxyz(q_xyzw / n))
-
-
-def pose_to_T(msg: Pose, what: str = "pose") -> np.ndarray:
-    """geometry_msgs/Pose -> 4x4 (raises BadInputError on NaN or a non-unit quaternion)."""
-    t = np.array([msg.position.x, msg.position.y, msg.position.z], dtype=np.float64)
-    if not np.all(np.isfinite(t)):
-        raise BadInputError(f"{what}: non-finite position {t.tolist()}")
-    o = msg.orientation
-    return T_from_R_t(_quat_xyzw_to_R(o.x, o.y, o.z, o.w, what), t)
-
-
 def T_to_transform(T_44: np.ndarray) -> Transform:
     T = _check_finite_T(T_44, "T_to_transform")
     q_xyzw = quat_wxyz_to_xyzw(quat_wxyz_from_R(T[:3, :3]))
@@ -337,14 +173,6 @@ def T_to_transform(T_44: np.ndarray) -> Transform:
     msg.translation.x, msg.translation.y, msg.translation.z = (float(v) for v in T[:3, 3])
     msg.rotation.x, msg.rotation.y, msg.rotation.z, msg.rotation.w = (float(v) for v in q_xyzw)
     return msg
-
-
-def transform_to_T(msg: Transform, what: str = "transform") -> np.ndarray:
-    t = np.array([msg.translation.x, msg.translation.y, msg.translation.z], dtype=np.float64)
-    if not np.all(np.isfinite(t)):
-        raise BadInputError(f"{what}: non-finite translation {t.tolist()}")
-    r = msg.rotation
-    return T_from_R_t(_quat_xyzw_to_R(r.x, r.y, r.z, r.w, what), t)
 
 
 def transform_stamped(T_parent_child: np.ndarray, parent: str, child: str, stamp_ns: int) -> TransformStamped:
@@ -429,10 +257,7 @@ def msg_to_result(msg) -> tuple[LocalizationResult, int, str]:
     frame); NOT_LOCALIZED results get a NaN pose as in visloc_core.
     """
     status = Status(int(msg.status))
-    if status == Status.NOT_LOCALIZED:
-        T = np.full((4, 4), np.nan)
-    else:
-        T = pose_to_T(msg.pose.pose, "LocalizationResult.pose")
+    T = np.full((4, 4), np.nan) if status == Status.NOT_LOCALIZED else rosmsg.T_from_pose(msg.pose.pose)
     result = LocalizationResult(
         T_world_cam=T,
         covariance_66=list_to_covariance(msg.pose.covariance),
@@ -445,7 +270,7 @@ def msg_to_result(msg) -> tuple[LocalizationResult, int, str]:
         status_reason=msg.status_reason,
         stage_seconds=dict(zip(msg.stage_names, (float(s) for s in msg.stage_seconds), strict=False)),
     )
-    return result, stamp_to_ns(msg.header.stamp), msg.header.frame_id
+    return result, rosmsg.stamp_ns(msg.header), msg.header.frame_id
 
 
 # The byte order of this machine, for tests that build big-endian 16-bit images.

@@ -32,7 +32,16 @@ visloc_ros/tf_io.py holds the TF side (tf2_ros, or a TFMessage publisher without
 Parameters are read at ``configure`` (nav2 style); to change one, deactivate, cleanup, set it, configure.
 
 Newest-frame policy: the image callback only drops the message into a one-slot mailbox; a worker
-thread localizes whatever is newest. A frame replaced before the worker took it counts as dropped.
+thread localizes whatever is newest (visloc_ros/frame_worker.py: never two workers; deactivate
+waits at most ``transition_timeout_s`` for a frame in flight). A frame replaced before the worker
+took it counts as dropped.
+
+Input checks (docs/ros_node.md): every message is decoded by visloc_core.data.messages (the same
+decoder as from-bag); images above ``max_image_pixels`` are refused from their header, before
+decoding; blank, noise and tiny images are REJECTED with the reason (localizers/query_checks.py);
+odometry stamped far from the image clock is ignored (localizers/input_clock.py). Every refused
+input is counted as bad_input by reason in /diagnostics, whose level is judged over the last
+``diagnostics_window_s`` seconds (visloc_ros/node_health.py).
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
@@ -62,11 +72,17 @@ from rclpy.qos import (
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
 
+from visloc_core.data import messages as rosmsg
+from visloc_core.data.messages import MalformedMessageError
 from visloc_core.geometry import PinholeCamera, T_from_position_quat_wxyz, invert_T, quat_xyzw_to_wxyz
 from visloc_core.localizers.base import LocalizationResult, Localizer, Status
 from visloc_core.localizers.gate import GateConfig, SanityGate
+from visloc_core.localizers.input_clock import ImageClock
+from visloc_core.localizers.query_checks import query_image_problem
 from visloc_core.localizers.tf_logic import PoseBuffer, T_map_odom_from, pose_in_output_frame
 from visloc_ros import conversions as conv
+from visloc_ros.frame_worker import FrameWorker, WorkerBusyError
+from visloc_ros.node_health import ProblemLog, judge
 from visloc_ros.tf_io import NodeTf, TfUnavailableError
 from visloc_ros.visualization import Visualizer
 
@@ -80,10 +96,15 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "method": ("", "expected localizer kind of the artifact (apr, relpose); empty accepts the artifact's kind"),
     "compressed": (False, "subscribe to image/compressed (sensor_msgs/CompressedImage, jpeg/png) instead of image"),
     "image_qos": (
-        "sensor_data",
-        "QoS of the image subscription: sensor_data (best effort, depth 5), reliable, or system_default",
+        "reliable",
+        "QoS of the image subscription: reliable (default: delivers large raw images; needs a reliable publisher), "
+        "sensor_data (best effort: for best-effort cameras; large raw images may never arrive), or system_default",
     ),
-    "image_qos_depth": (5, "history depth of the image subscription (the node still processes only the newest)"),
+    "image_qos_depth": (1, "history depth of the image subscription (the node processes only the newest)"),
+    "max_image_pixels": (
+        rosmsg.DEFAULT_MAX_PIXELS,
+        "images with more pixels are refused from their header, before decoding (decompression bombs)",
+    ),
     "map_frame": ("map", "frame_id of every output (the frame of the artifact's world)"),
     "odom_frame": ("", "odometry frame; when set, TF publishes map->odom (REP-105) from the odom topic or tf2"),
     "base_frame": ("base_link", "robot frame whose pose is published; empty = publish the camera's pose"),
@@ -114,6 +135,10 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "prior_timeout_s": (10.0, "an initialpose is used as the localizer's prior for this long (s); <= 0 forever"),
     "odom_buffer_s": (10.0, "seconds of odometry kept for interpolation at image stamps"),
     "odom_extrapolation_s": (0.05, "an image up to this much newer than the newest odometry uses that odometry"),
+    "odom_max_offset_s": (
+        10.0,
+        "odometry stamped further than this (s) from the image clock is ignored and counted as bad input; <= 0 off",
+    ),
     "semantic": (
         False,
         "subscribe to `semantic` (sensor_msgs/Image of class ids, mono8/16, same stamps as the images) and pass "
@@ -131,39 +156,22 @@ PARAMETERS: dict[str, tuple[object, str]] = {
         "publish debug_image (sensor_msgs/Image): the query next to the retrieved keyframe, status and inliers; "
         "off: no cost",
     ),
+    "diagnostics_window_s": (
+        10.0,
+        "/diagnostics is WARN while bad input or errors happened within this many seconds, then OK again",
+    ),
+    "transition_timeout_s": (
+        1.0,
+        "deactivate waits this long (s) for a frame in flight (the rest finishes in the background, its result "
+        "discarded); activate waits as long for it, then fails with the reason",
+    ),
     "autostart": (False, "configure and activate at start-up (for runs without a launch file)"),
     "warmup": (True, "run the localizer once on a blank image at configure, so the first real frame is not slow"),
 }
 
 _MISSING = object()
+NO_IMAGES_WARN_S = 5.0  # publishers on the image topic but nothing received for this long: WARN
 _DIAG_LEVEL = {"ok": DiagnosticStatus.OK, "warn": DiagnosticStatus.WARN, "error": DiagnosticStatus.ERROR}
-
-
-class _Mailbox:
-    """One slot: ``put`` replaces the waiting item (returns True if one was dropped), ``get`` takes it."""
-
-    def __init__(self) -> None:
-        self._cv = threading.Condition()
-        self._item: object | None = None
-
-    def put(self, item: object) -> bool:
-        with self._cv:
-            dropped = self._item is not None
-            self._item = item
-            self._cv.notify()
-            return dropped
-
-    def get(self, timeout_s: float) -> object | None:
-        with self._cv:
-            if self._item is None:
-                self._cv.wait(timeout_s)
-            item, self._item = self._item, None
-            return item
-
-    def clear(self) -> bool:
-        with self._cv:
-            had, self._item = self._item is not None, None
-            return had
 
 
 @dataclasses.dataclass
@@ -177,6 +185,7 @@ class _Counters:
     bad_input: int = 0
     errors: int = 0
     tf_skipped: int = 0
+    odom_ignored: int = 0
     semantic_missing: int = 0
     latency_sum_s: float = 0.0
     last_latency_s: float = float("nan")
@@ -196,9 +205,10 @@ class LocalizerNode(LifecycleNode):
         self._lock = threading.Lock()
         self._counts = _Counters()
         self._prev_counts = (0, 0, time.monotonic())
-        self._mailbox = _Mailbox()
-        self._worker: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._problems = ProblemLog(float(self.get_parameter("diagnostics_window_s").value))
+        self._worker = FrameWorker(self._process_item, self._on_worker_error)
+        self._last_frame_mono: float | None = None
+        self._activated_mono = time.monotonic()
         self._active = False
         self._camera: PinholeCamera | None = None
         self._camera_error = "no camera_info received yet"
@@ -208,6 +218,7 @@ class LocalizerNode(LifecycleNode):
         self._reset_pending = threading.Event()
         self._gate = SanityGate()
         self._odom = PoseBuffer()
+        self._image_clock = ImageClock()
         self._image_sub = None
         self._semantic_cv = threading.Condition()
         self._semantic_maps: dict[int, np.ndarray] = {}  # stamp_ns -> class ids (H, W), the newest few
@@ -271,8 +282,9 @@ class LocalizerNode(LifecycleNode):
             if self._p("warmup"):
                 self._warmup(read_artifact_meta(model))
         except Exception as err:  # any failure to load leaves the node unconfigured, running
-            self.get_logger().error(f"configure failed: {err}")
-            self._set_error(f"configure failed: {err}")
+            why = str(err) or type(err).__name__
+            self.get_logger().error(f"configure failed: {why}")
+            self._set_error(f"configure failed: {why}")
             self.localizer = None
             return TransitionCallbackReturn.FAILURE
         self._gate = SanityGate(
@@ -287,6 +299,8 @@ class LocalizerNode(LifecycleNode):
             max_age_ns=int(float(self._p("odom_buffer_s")) * 1e9),
             extrapolation_ns=int(float(self._p("odom_extrapolation_s")) * 1e9),
         )
+        self._image_clock = ImageClock(float(self._p("odom_max_offset_s")))
+        self._problems.window_s = float(self._p("diagnostics_window_s"))
         latched = QoSProfile(
             depth=1,
             durability=DurabilityPolicy.TRANSIENT_LOCAL,
@@ -345,25 +359,35 @@ class LocalizerNode(LifecycleNode):
             )
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            # never two workers: a worker still finishing a frame from before deactivate is waited
+            # for (transition_timeout_s), else activation fails and says why
+            self._worker.start(float(self._p("transition_timeout_s")))
+        except WorkerBusyError as err:
+            self.get_logger().error(f"activate failed: {err}")
+            self._problems.record("error", f"activate failed: {err}")
+            return TransitionCallbackReturn.FAILURE
+        depth = max(1, int(self._p("image_qos_depth")))
         if self._p("image_qos") == "sensor_data":
             qos = QoSProfile(
-                depth=int(self._p("image_qos_depth")),
+                depth=depth,
                 reliability=ReliabilityPolicy.BEST_EFFORT,
                 durability=DurabilityPolicy.VOLATILE,
                 history=HistoryPolicy.KEEP_LAST,
             )
         elif self._p("image_qos") == "reliable":
-            qos = QoSProfile(depth=int(self._p("image_qos_depth")), reliability=ReliabilityPolicy.RELIABLE)
+            qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
         else:
-            qos = QoSProfile(depth=int(self._p("image_qos_depth")))
+            qos = QoSProfile(depth=depth)
+        events = SubscriptionEventCallbacks(incompatible_qos=self._on_image_qos_incompatible)
+        self._last_frame_mono = None
+        self._activated_mono = time.monotonic()
         if self._p("compressed"):
-            self._image_sub = self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
+            self._image_sub = self.create_subscription(
+                CompressedImage, "image/compressed", self._on_image, qos, event_callbacks=events
+            )
         else:
-            self._image_sub = self.create_subscription(Image, "image", self._on_image, qos)
-        self._stop.clear()
-        self._mailbox.clear()
-        self._worker = threading.Thread(target=self._work, name="visloc-localizer", daemon=True)
-        self._worker.start()
+            self._image_sub = self.create_subscription(Image, "image", self._on_image, qos, event_callbacks=events)
         self._active = True
         self.get_logger().info(
             f"active: localizing {self._image_sub.topic_name} ({self._p('image_qos')} QoS) "
@@ -371,12 +395,21 @@ class LocalizerNode(LifecycleNode):
         )
         return super().on_activate(state)
 
+    def _on_image_qos_incompatible(self, event) -> None:
+        policy = getattr(getattr(event, "last_policy_kind", None), "name", str(getattr(event, "last_policy_kind", "")))
+        self.get_logger().warning(
+            f"an image publisher's QoS is incompatible with image_qos={self._p('image_qos')} (policy {policy}): "
+            "its images are never delivered; for a best-effort camera set image_qos:=sensor_data",
+            throttle_duration_sec=5.0,
+        )
+
     def _stop_processing(self) -> None:
         self._active = False
-        self._stop.set()
-        if self._worker is not None:
-            self._worker.join(timeout=10.0)
-            self._worker = None
+        if not self._worker.stop(float(self._p("transition_timeout_s"))):
+            self.get_logger().warning(
+                f"a frame is still being localized after {float(self._p('transition_timeout_s')):.1f} s: it finishes "
+                "in the background and its result is discarded; the next activate waits for it"
+            )
         if self._image_sub is not None:
             self.destroy_subscription(self._image_sub)
             self._image_sub = None
@@ -428,18 +461,23 @@ class LocalizerNode(LifecycleNode):
     def _on_image(self, msg) -> None:
         if not self._active:
             return
+        now = time.monotonic()
         with self._lock:
             self._counts.received += 1
-        if self._mailbox.put((msg, time.perf_counter())):
+        self._last_frame_mono = now
+        stamp = rosmsg.stamp_ns(msg.header)
+        if stamp > 0:
+            self._image_clock.observe(stamp)
+        if self._worker.put((msg, time.perf_counter())):
             with self._lock:
                 self._counts.dropped += 1
 
     def _on_semantic(self, msg: Image) -> None:
-        stamp_ns = conv.stamp_to_ns(msg.header.stamp)
+        stamp_ns = rosmsg.stamp_ns(msg.header)
         try:
-            classes = conv.image_to_classes(msg)
-        except conv.BadInputError as err:
-            self._bad_input(f"class map at {stamp_ns} ns dropped: {err}")
+            classes = rosmsg.class_ids(msg, int(self._p("max_image_pixels")))
+        except MalformedMessageError as err:
+            self._bad_input(f"class map dropped: {err} (stamp {stamp_ns} ns)", f"class map: {err.reason}")
             return
         with self._semantic_cv:
             self._semantic_maps[stamp_ns] = classes
@@ -453,21 +491,22 @@ class LocalizerNode(LifecycleNode):
         with self._semantic_cv:
             while stamp_ns not in self._semantic_maps:
                 left = deadline - time.monotonic()
-                if left <= 0 or self._stop.is_set():
+                if left <= 0 or not self._worker.is_current():
                     return None
                 self._semantic_cv.wait(left)
             return self._semantic_maps.pop(stamp_ns)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        key = (msg.width, msg.height, tuple(msg.k), tuple(msg.d))
+        key = (msg.width, msg.height, tuple(msg.k), tuple(msg.d), msg.distortion_model, msg.binning_x,
+               msg.binning_y, msg.roi.width, msg.roi.height)  # fmt: skip
         if key == self._camera_info_key and self._camera is not None:
             return  # unchanged: skip re-validation at camera rate
         try:
-            cam = conv.camera_info_to_camera(msg)
-        except conv.BadInputError as err:
+            cam = rosmsg.camera_from_info(msg)
+        except MalformedMessageError as err:
             self._camera, self._camera_info_key = None, None
             self._camera_error = f"invalid camera_info: {err}"
-            self._bad_input(self._camera_error)
+            self._bad_input(self._camera_error, f"camera_info: {err.reason}")
             return
         self._camera, self._camera_info_key, self._camera_error = cam, key, ""
 
@@ -477,9 +516,9 @@ class LocalizerNode(LifecycleNode):
             self._bad_input(f"initialpose in frame {frame!r} ignored: must be in {self._p('map_frame')!r}")
             return
         try:
-            T_map_out = conv.pose_to_T(msg.pose.pose, "initialpose")
-        except conv.BadInputError as err:
-            self._bad_input(str(err))
+            T_map_out = rosmsg.T_from_pose(msg.pose.pose)
+        except MalformedMessageError as err:
+            self._bad_input(f"initialpose ignored: {err}", f"initialpose: {err.reason}")
             return
         self._prior = (T_map_out, time.monotonic())  # output frame; moved to the camera per frame
         self._reset_pending.set()  # a new hint of where we are: the gate's old reference is void
@@ -494,36 +533,51 @@ class LocalizerNode(LifecycleNode):
             self._bad_input(f"odometry of {msg.child_frame_id!r} ignored: base_frame is {base_frame!r}")
             return
         try:
-            self._odom.add(conv.stamp_to_ns(msg.header.stamp), conv.pose_to_T(msg.pose.pose, "odom"))
-        except (conv.BadInputError, ValueError) as err:
-            self._bad_input(str(err))
+            stamp = rosmsg.checked_stamp_ns(msg.header, "odometry")
+            T_odom_base = rosmsg.T_from_pose(msg.pose.pose)
+        except MalformedMessageError as err:
+            self._odom_ignored(f"odometry ignored: {err}")
+            return
+        why = self._image_clock.implausible(stamp, "odometry")
+        if why is not None:
+            self._odom_ignored(why)
+            return
+        note = self._odom.add(stamp, T_odom_base)
+        if note is not None:
+            self._odom_ignored(f"odometry {note}")
+
+    def _odom_ignored(self, what: str) -> None:
+        with self._lock:
+            self._counts.odom_ignored += 1
+        self._bad_input(what)
 
     def _on_relocalize(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         if self.localizer is None:
             response.success, response.message = False, "not configured: no localizer loaded"
             return response
         self._prior = None
+        self._odom.clear()  # refills at the odometry rate; drops anything a bad stamp left behind
         self._reset_pending.set()
         response.success = True
-        response.message = "gate, prior and localizer state reset: the next frame is localized globally"
+        response.message = (
+            "gate, prior, odometry buffer and localizer state reset: the next frame is localized globally"
+        )
         self.get_logger().info("relocalize: " + response.message)
         return response
 
     # ---------------------------------------------------------------------------------- worker
 
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            item = self._mailbox.get(0.1)
-            if item is None:
-                continue
-            msg, t_received = item
-            try:
-                self._process(msg, t_received)
-            except Exception as err:  # never let one frame kill the worker
-                self._set_error(f"processing failed: {type(err).__name__}: {err}")
-                with self._lock:
-                    self._counts.errors += 1
-                self.get_logger().error(f"processing failed: {type(err).__name__}: {err}")
+    def _process_item(self, item: tuple) -> None:
+        msg, t_received = item
+        self._process(msg, t_received)
+
+    def _on_worker_error(self, err: BaseException) -> None:
+        what = f"processing failed: {type(err).__name__}: {err}"
+        with self._lock:
+            self._counts.errors += 1
+            self._counts.last_error = what
+        self._problems.record("error", what)
+        self.get_logger().error(what)
 
     def _T_base_cam(self, camera_frame: str) -> np.ndarray:
         """T_base_cam of the camera optical frame. From TF when tf2 is installed and use_tf_extrinsic is on
@@ -552,27 +606,46 @@ class LocalizerNode(LifecycleNode):
         return self._odom.lookup(stamp_ns)
 
     def _process(self, msg, t_received: float) -> None:
-        stamp_ns = conv.stamp_to_ns(msg.header.stamp)
+        raw_stamp = rosmsg.stamp_ns(msg.header)
         try:
-            rgb = conv.compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else conv.image_to_rgb(msg)
-        except conv.BadInputError as err:
-            self._bad_input(f"image at {stamp_ns} ns dropped: {err}")
+            stamp_ns = rosmsg.checked_stamp_ns(msg.header, "image")
+            rgb = rosmsg.image_rgb8(msg, int(self._p("max_image_pixels")))
+        except MalformedMessageError as err:
+            self._bad_input(f"image dropped: {err} (stamp {raw_stamp} ns)", f"image: {err.reason}")
             return
         camera = self._camera
         if camera is None:
-            self._bad_input(f"image at {stamp_ns} ns dropped: {self._camera_error} on camera_info")
+            self._bad_input(
+                f"image dropped: {self._camera_error} on camera_info (stamp {stamp_ns} ns)",
+                "image: no valid camera_info",
+            )
             return
         h, w = rgb.shape[:2]
         if (camera.width, camera.height) != (w, h):
             self._bad_input(
-                f"image at {stamp_ns} ns dropped: image is {w}x{h} but camera_info says {camera.width}x{camera.height}"
+                f"image dropped: image is {w}x{h} but camera_info says {camera.width}x{camera.height} "
+                f"(stamp {stamp_ns} ns)",
+                "image: size differs from camera_info",
             )
+            return
+        problem = query_image_problem(rgb)
+        if problem is not None:
+            # decoded, but nothing to localize from: REJECTED on `localization` (never a pose), counted as bad input
+            self._bad_input(f"image rejected: {problem} (stamp {stamp_ns} ns)", f"image: {problem.split(' (')[0]}")
+            if self._worker.is_current():
+                rejected = LocalizationResult.not_localized(self.localizer.method, problem)
+                rejected.status = Status.REJECTED
+                self._pubs["localization"].publish(
+                    conv.result_to_msg(
+                        rejected, stamp_ns, self._p("map_frame"), latency_s=time.perf_counter() - t_received
+                    )
+                )
             return
         try:
             camera_frame = self._p("camera_frame") or msg.header.frame_id or "camera"
             T_base_cam = self._T_base_cam(camera_frame) if self._p("base_frame") else np.eye(4)
         except TfUnavailableError as err:
-            self._bad_input(f"image at {stamp_ns} ns dropped: {err}")
+            self._bad_input(f"image dropped: {err} (stamp {stamp_ns} ns)", "image: camera extrinsic not in TF")
             return
         if self._reset_pending.is_set():
             self._reset_pending.clear()
@@ -609,6 +682,8 @@ class LocalizerNode(LifecycleNode):
         latency_s: float,
         rgb: np.ndarray,
     ) -> None:
+        if not self._worker.is_current():
+            return  # a worker finishing its frame after deactivate: the result is discarded
         map_frame = self._p("map_frame")
         base_frame = self._p("base_frame")
         T_cam_out = invert_T(T_base_cam)
@@ -672,10 +747,12 @@ class LocalizerNode(LifecycleNode):
 
     # ----------------------------------------------------------------------------- diagnostics
 
-    def _bad_input(self, what: str) -> None:
+    def _bad_input(self, what: str, reason: str | None = None) -> None:
+        """Count one refused input; ``what`` is the line shown, ``reason`` its countable category."""
         with self._lock:
             self._counts.bad_input += 1
             self._counts.last_error = what
+        self._problems.record("bad_input", what, reason)
         self.get_logger().warning(f"bad input: {what}", throttle_duration_sec=1.0)
 
     def _set_error(self, what: str) -> None:
@@ -687,6 +764,32 @@ class LocalizerNode(LifecycleNode):
         with self._lock:
             return dataclasses.asdict(self._counts)
 
+    def _conditions(self, now: float) -> tuple[list[str], int]:
+        """Standing problems (one line each) and the number of publishers on the image topic."""
+        conditions = []
+        lingering = self._worker.lingering_s()
+        if lingering > 0:
+            conditions.append(f"a frame from before deactivate is still being localized ({lingering:.1f} s)")
+        n_pub = 0
+        if self._active and self._image_sub is not None:
+            topic = self._image_sub.topic_name
+            pubs = self.get_publishers_info_by_topic(topic)
+            n_pub = len(pubs)
+            last = self._last_frame_mono if self._last_frame_mono is not None else self._activated_mono
+            silent = now - last
+            best_effort = sum(p.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT for p in pubs)
+            if self._p("image_qos") == "reliable" and best_effort:
+                conditions.append(
+                    f"{best_effort} best-effort publisher(s) on {topic} cannot reach this reliable subscription "
+                    "(incompatible QoS): set image_qos:=sensor_data for a best-effort camera"
+                )
+            elif n_pub > 0 and silent > NO_IMAGES_WARN_S:
+                conditions.append(
+                    f"{n_pub} publisher(s) on {topic} but no image received for {silent:.0f} s: a QoS mismatch, "
+                    f"or images too large for best effort (image_qos={self._p('image_qos')}; try reliable)"
+                )
+        return conditions, n_pub
+
     def _publish_diagnostics(self) -> None:
         with self._lock:
             c = dataclasses.replace(self._counts)
@@ -695,12 +798,18 @@ class LocalizerNode(LifecycleNode):
         dt = max(now - prev_t, 1e-6)
         self._prev_counts = (c.received, c.processed, now)
         state = "active" if self._active else ("inactive" if self.localizer is not None else "unconfigured")
-        if self.localizer is None:
-            level, message = "error", f"not configured: {c.last_error or 'waiting for configure'}"
-        elif c.bad_input or c.errors:
-            level, message = "warn", f"{state}; last problem: {c.last_error}"
-        else:
-            level, message = "ok", state
+        conditions, n_pub = self._conditions(now)
+        recent = self._problems.recent(now)
+        last_t = self._problems.last_t
+        level, message = judge(
+            self.localizer is not None,
+            state,
+            c.last_error,
+            recent,
+            self._problems.last_text,
+            None if last_t is None else now - last_t,
+            conditions,
+        )
         status = DiagnosticStatus()
         status.level = _DIAG_LEVEL[level]
         status.name = f"{self.get_name()}: localization"
@@ -717,8 +826,13 @@ class LocalizerNode(LifecycleNode):
             "frames_rejected": c.rejected,
             "bad_input": c.bad_input,
             "errors": c.errors,
+            "bad_input_recent": recent.get("bad_input", 0),
+            "errors_recent": recent.get("error", 0),
+            "problems_by_reason": self._problems.reasons_text(),
             "tf_skipped": c.tf_skipped,
+            "odom_ignored": c.odom_ignored,
             "semantic_missing": c.semantic_missing,
+            "image_publishers": n_pub,
             "last_error": c.last_error,
             "last_status_reason": c.last_status_reason,
             "input_rate_hz": f"{(c.received - prev_received) / dt:.2f}",

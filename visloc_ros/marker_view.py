@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from visualization_msgs.msg import Marker
 
+from visloc_core.data import messages as rosmsg
 from visloc_core.geometry import T_from_position_quat_wxyz
-from visloc_ros import conversions as conv
 
 
 def _xyz(points) -> np.ndarray:
@@ -65,7 +65,7 @@ def tf_poses(tf_messages: list, fixed_frame: str) -> dict[str, np.ndarray]:
     edges: dict[str, tuple[str, np.ndarray]] = {}
     for msg in tf_messages:
         for t in msg.transforms:
-            edges[t.child_frame_id] = (t.header.frame_id, conv.transform_to_T(t.transform))
+            edges[t.child_frame_id] = (t.header.frame_id, rosmsg.T_from_transform(t.transform))
     out = {fixed_frame: np.eye(4)}
     changed = True
     while changed:

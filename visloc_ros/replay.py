@@ -36,9 +36,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from visloc_core.data.messages import T_from_pose, T_from_transform, stamp_ns
 from visloc_core.evaluation.records import FrameOutcome
 from visloc_core.geometry import interpolate_poses, invert_T, quat_wxyz_from_R, quat_wxyz_to_xyzw
-from visloc_ros.conversions import list_to_covariance, pose_to_T, stamp_to_ns, transform_to_T
+from visloc_ros.conversions import list_to_covariance
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def static_chain(edges: dict[tuple[str, str], np.ndarray], a: str, b: str) -> np
 
 
 def _stamp(header) -> int:
-    return stamp_to_ns(header.stamp)
+    return stamp_ns(header)
 
 
 def plan_bag(o: ReplayOptions) -> _BagPlan:
@@ -178,10 +179,10 @@ def plan_bag(o: ReplayOptions) -> _BagPlan:
             if conn.topic == "/tf_static":
                 for tr in msg.transforms:
                     parent, child = str(tr.header.frame_id).lstrip("/"), str(tr.child_frame_id).lstrip("/")
-                    static_edges[(parent, child)] = transform_to_T(tr.transform, f"/tf_static {parent}->{child}")
+                    static_edges[(parent, child)] = T_from_transform(tr.transform)
             else:
                 pose = msg.pose.pose if conn.msgtype != "geometry_msgs/msg/PoseStamped" else msg.pose
-                gt.append((_stamp(msg.header), pose_to_T(pose, f"ground truth {conn.topic}")))
+                gt.append((_stamp(msg.header), T_from_pose(pose)))
     if n_images == 0:
         raise ReplayError(f"{image_topic} has no messages in {o.bag}")
     base = o.gt_frame
@@ -556,7 +557,7 @@ def _score(o, plan, truth, published, results, pose_arrivals):
             scene = scene or msg.scene
             extras["status_reason"] = msg.status_reason
             extras["stage_seconds"] = dict(zip(msg.stage_names, msg.stage_seconds, strict=False))
-            T_map_out = pose_to_T(msg.pose.pose) if status != "NOT_LOCALIZED" else np.full((4, 4), np.nan)
+            T_map_out = T_from_pose(msg.pose.pose) if status != "NOT_LOCALIZED" else np.full((4, 4), np.nan)
             # the node published its base_frame pose: back to the camera with the same extrinsic
             T_world_cam = T_map_out @ plan.T_base_cam
             cov = None

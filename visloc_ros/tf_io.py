@@ -20,7 +20,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from rclpy.time import Time
 
-from visloc_ros import conversions as conv
+from visloc_core.data import messages as rosmsg
 
 try:  # a full ROS 2 install or geometry2 from ros-src: the real broadcaster, buffer and listener
     import tf2_ros
@@ -93,7 +93,10 @@ class NodeTf:
             tf = self._buffer.lookup_transform(target, source, when)
         except tf2_ros.TransformException as err:
             raise TfUnavailableError(f"{target}->{source}: {err}") from err
-        return conv.transform_to_T(tf.transform, f"TF {target}->{source}")
+        try:
+            return rosmsg.T_from_transform(tf.transform)
+        except rosmsg.MalformedMessageError as err:  # a NaN or zero quaternion on /tf: not usable
+            raise TfUnavailableError(f"{target}->{source}: {err}") from err
 
     def lookup_held(self, target: str, source: str, stamp_ns: int, hold_ns: int) -> np.ndarray:
         """``T_target_source`` at ``stamp_ns``, interpolated by tf2; a stamp up to ``hold_ns`` past the

@@ -72,20 +72,30 @@ class PoseBuffer:
         with self._lock:
             self._items.clear()
 
-    def add(self, stamp_ns: int, T_44: np.ndarray) -> None:
-        """Append a sample; an out-of-order sample (older than the newest) is dropped."""
+    def add(self, stamp_ns: int, T_44: np.ndarray) -> str | None:
+        """Append a sample. Returns None when it is stored as the newest, else what happened (one line):
+        a sample older than the newest is dropped ("out of order"), except after a jump back by more
+        than ``max_age_ns`` (a restarted clock, or a bogus far-future sample before it), where the
+        buffer restarts from this sample, so one bad stamp cannot block the buffer for good."""
         T = np.asarray(T_44, dtype=np.float64)
         if T.shape != (4, 4) or not np.all(np.isfinite(T)):
             raise ValueError(f"pose must be a finite 4x4 matrix, got shape {T.shape}")
         stamp_ns = int(stamp_ns)
         with self._lock:
             if self._items and stamp_ns <= self._items[-1][0]:
-                if stamp_ns == self._items[-1][0]:
+                newest = self._items[-1][0]
+                if stamp_ns == newest:
                     self._items[-1] = (stamp_ns, T)
-                return
+                    return None
+                if newest - stamp_ns <= self.max_age_ns:
+                    return f"out of order: {(newest - stamp_ns) * 1e-9:.3f} s older than the newest sample (dropped)"
+                self._items.clear()
+                self._items.append((stamp_ns, T))
+                return f"stamps jumped back by {(newest - stamp_ns) * 1e-9:.3g} s: buffer restarted from this sample"
             self._items.append((stamp_ns, T))
             while self._items and self._items[0][0] < stamp_ns - self.max_age_ns:
                 self._items.popleft()
+        return None
 
     def lookup(self, stamp_ns: int) -> np.ndarray | None:
         """The pose at ``stamp_ns`` (4x4), or None when the stamp is not covered."""

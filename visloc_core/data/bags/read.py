@@ -48,8 +48,8 @@ from tqdm import tqdm
 
 from ...geometry import PinholeCamera, T_from_position_quat_wxyz, interpolate_poses, quat_xyzw_to_wxyz
 from ..layout import DatasetWriter
-from ..png import encode_png
-from .messages import (
+from ..messages import (
+    DEFAULT_MAX_PIXELS,
     POSE_TYPES,
     MalformedMessageError,
     PoseSample,
@@ -61,6 +61,7 @@ from .messages import (
     raw_image_pixels,
     stamp_ns,
 )
+from ..png import encode_png
 from .tf_graph import FrameGraph, TFLookupError
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ class FromBagOptions:
     # time each message was recorded, for drivers that leave header stamps at zero; recording
     # delays then go into the poses (seconds of latency = metres at speed), so prefer headers.
     stamps: str = "header"
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # larger images are refused from their header, before decoding
 
     def __post_init__(self) -> None:
         if self.stamps not in ("header", "bag"):
@@ -508,7 +510,7 @@ def dataset_from_bag(
                     process_batch()  # depth pairing sees every earlier image
                     try:
                         dmsg = reader.deserialize(raw, conn.msgtype)
-                        d = (bag_t, _msg_time(o, stamp_ns(dmsg.header), bag_t), depth_metres(dmsg))
+                        d = (bag_t, _msg_time(o, stamp_ns(dmsg.header), bag_t), depth_metres(dmsg, o.max_image_pixels))
                     except MalformedMessageError as err:
                         summary.malformed[f"{conn.topic}: {err.reason}"] += 1
                         continue
@@ -600,12 +602,12 @@ def _image_frame(reader, conn, raw, index, o, cams, cam_stamps, summary, bag_t: 
         return None
     try:
         if conn.msgtype == IMAGE_TYPE:
-            px = raw_image_pixels(msg)
+            px = raw_image_pixels(msg, o.max_image_pixels)
             w, h = px.shape[1], px.shape[0]
             data, ext = b"", "png"  # encoded on the writer thread
         else:
             px = None
-            data, ext, w, h = compressed_image(msg)
+            data, ext, w, h = compressed_image(msg, o.max_image_pixels)
     except MalformedMessageError as err:
         summary.skipped[f"malformed image: {err.reason}"] += 1
         summary.malformed[f"{conn.topic}: {err.reason}"] += 1

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...geometry import interpolate_poses, invert_T
-from .messages import PoseSample, T_from_samples
+from ..messages import PoseSample, T_from_samples
 
 
 class TFLookupError(ValueError):
