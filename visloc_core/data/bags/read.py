@@ -281,6 +281,7 @@ def dataset_from_bag(
         pose_samples: list[PoseSample] = []
         cams: list[tuple[int, PinholeCamera]] = []  # (stamp, camera) where the calibration changes
         cam_cache: dict[tuple, PinholeCamera] = {}
+        info_errors: dict[str, str] = {}  # reason -> full message of refused camera_info
         n_infos = 0
         static_conns = _connections(reader, o.tf_static_topic)
         tf_conns = _connections(reader, o.tf_topic) if o.pose_tf else []
@@ -311,7 +312,11 @@ def dataset_from_bag(
                     key = (msg.width, msg.height, msg.distortion_model, msg.k.tobytes(), msg.d.tobytes(),
                            msg.binning_x, msg.binning_y, msg.roi.width, msg.roi.height)  # fmt: skip
                     if key not in cam_cache:
-                        cam_cache[key] = camera_from_info(msg)
+                        try:
+                            cam_cache[key] = camera_from_info(msg)
+                        except MalformedMessageError as err:
+                            info_errors[err.reason] = str(err)  # the full text (with what to do) for the error below
+                            raise
                     if not cams or cams[-1][1] is not cam_cache[key]:
                         cams.append((_msg_time(o, stamp_ns(msg.header), bag_t_ns), cam_cache[key]))
                     n_infos += 1
@@ -332,7 +337,9 @@ def dataset_from_bag(
 
         summary.n_camera_infos = n_infos
         if info_conns and not cams and o.intrinsics_fxfycxcy is None:
-            raise BagError(f"{info_topic} has no usable camera_info message (see the counts of malformed messages)")
+            raise BagError(
+                f"{info_topic} has no usable camera_info message: {'; '.join(info_errors.values()) or 'none read'}"
+            )
         cams.sort(key=lambda c: c[0])
         cam_stamps = np.array([c[0] for c in cams], dtype=np.int64)
 
