@@ -224,3 +224,14 @@ def test_the_lock_of_a_killed_process_is_free(tmp_path):
     with atomic_folder(out) as tmp:  # kill -9 left no lock that blocks, and its partial folder goes
         (tmp / "v").write_text("1")
     assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_a_folder_its_writer_creates_keeps_its_name(tmp_path):
+    """rosbags' Writer creates its folder and names the storage file after it: the temporary path it
+    gets must end in the final name (bag/bag.mcap, not bag/.bag.partial-....mcap)."""
+    out = tmp_path / "bag"
+    with atomic_folder(out, create=False) as p:
+        assert p.name == "bag" and not p.exists()
+        p.mkdir()
+        (p / "bag.mcap").write_text("x")
+    assert sorted(os.listdir(out)) == ["bag.mcap"] and sorted(os.listdir(tmp_path)) == ["bag"]

@@ -240,9 +240,10 @@ def _acquire(path: Path, out: Path, what: str) -> int:
 class AtomicFolder:
     """The context manager behind :func:`atomic_folder` (see the module docstring).
 
-    ``create=False`` reserves the temporary path without creating it, for writers that insist on
-    creating their folder themselves (rosbags' Writer). :meth:`commit` may be called inside the
-    ``with`` block (the block's end then does nothing more)."""
+    ``create=False`` gives a path ``.NAME.partial-PID-RANDOM/NAME`` that does not exist yet, for
+    writers that create their folder themselves and name files after it (rosbags' Writer names the
+    storage file after its folder). :meth:`commit` may be called inside the ``with`` block (the
+    block's end then does nothing more)."""
 
     def __init__(
         self,
@@ -257,7 +258,8 @@ class AtomicFolder:
         self.keep_partial_on_interrupt = keep_partial_on_interrupt
         self.create = create
         self.what = what
-        self.path = self.out.with_name(f".{self.out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        self._root = self.out.with_name(f".{self.out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        self.path = self._root if create else self._root / self.out.name
         self._lock = output_lock(self.out, what)
         self._entered = False
         self.done = False
@@ -275,8 +277,7 @@ class AtomicFolder:
             clean_stale(self.out)
             if os.path.lexists(self.out) and not self.overwrite:
                 raise FileExistsError(f"{self.out} exists; choose another {self.what} or pass --overwrite")
-            if self.create:
-                os.mkdir(self.path, 0o777)  # the umask applies, as for any folder
+            os.mkdir(self._root, 0o777)  # the umask applies, as for any folder
         except BaseException:
             self._release()
             raise
@@ -288,6 +289,8 @@ class AtomicFolder:
             return self.out
         try:
             _swap_in(self.path, self.out, self.overwrite)
+            if self._root != self.path:
+                _remove(self._root)
         except BaseException:
             self.abort()
             raise
@@ -308,8 +311,7 @@ class AtomicFolder:
                 _remove(kept)
                 os.rename(self.path, kept)
                 log.warning("interrupted: the partial result is kept in %s (not a usable %s)", kept, self.out.name)
-            else:
-                _remove(self.path)
+            _remove(self._root)
         finally:
             self._release()
         return kept

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from rosbags.highlevel import AnyReader, AnyReaderError
+from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 from tqdm import tqdm
 
@@ -62,6 +62,7 @@ from ..messages import (
     stamp_ns,
 )
 from ..png import encode_png
+from .salvage import SalvageError, SalvageReader, storage_files
 from .tf_graph import FrameGraph, TFLookupError
 
 log = logging.getLogger(__name__)
@@ -186,16 +187,20 @@ def parse_extrinsic(text: str) -> np.ndarray:
 
 
 def resolve_bag_path(bag: str | Path) -> Path:
-    """A rosbag2 folder (with metadata.yaml); a .db3/.mcap file inside one is accepted too."""
+    """A rosbag2 folder (with metadata.yaml, or without it when it holds one .db3/.mcap: a recording
+    killed before it was closed); a .db3/.mcap file inside one is accepted too."""
     p = Path(bag)
     if not p.exists():
         raise FileNotFoundError(f"bag {p} does not exist")
     if p.is_file():
-        if (p.parent / "metadata.yaml").is_file():
+        if (p.parent / "metadata.yaml").is_file() or storage_files(p.parent) == [p]:
             return p.parent
         raise BagError(f"{p} is a file without metadata.yaml next to it; give the rosbag2 folder")
-    if not (p / "metadata.yaml").is_file():
-        raise BagError(f"{p} is not a rosbag2 folder (no metadata.yaml)")
+    if not (p / "metadata.yaml").is_file() and len(storage_files(p)) != 1:
+        raise BagError(
+            f"{p} is not a rosbag2 folder (no metadata.yaml and {len(storage_files(p))} .db3/.mcap files); "
+            "if it is one, `ros2 bag reindex` recreates its metadata.yaml"
+        )
     return p
 
 
@@ -236,336 +241,400 @@ def dataset_from_bag(
     overwrite: bool = False,
     progress: bool = True,
 ) -> FromBagSummary:
-    """Convert ``bag`` into a visloc dataset at ``out`` (see the module docstring). Returns the summary."""
+    """Convert ``bag`` into a visloc dataset at ``out`` (see the module docstring). Returns the summary.
+
+    A damaged bag (truncated .mcap or .db3, no metadata.yaml) is converted as far as it is readable
+    (bags/salvage.py); the summary's notes say what was lost and how to repair the file."""
     bag_path = resolve_bag_path(bag)
-    o = options
+    reader = open_bag(bag_path)
+    try:
+        try:
+            return _convert(bag_path, out, options, overwrite, progress, reader)
+        except BagReadError as err:  # rosbags failed half-way through: again, reading what is readable
+            reader.close()
+            log.warning("%s: reading failed part-way (%s); converting what is readable", bag_path, err)
+            try:
+                reader = SalvageReader(bag_path, str(err))
+            except SalvageError as err2:
+                raise BagError(f"cannot read bag {bag_path}: {err}; {err2}") from err
+            return _convert(bag_path, out, options, overwrite, progress, reader)
+    except BagError as err:
+        if isinstance(reader, SalvageReader) and not isinstance(err, BagReadError):
+            raise BagError(f"{err}\n" + "\n".join(reader.report)) from err
+        raise
+    finally:
+        reader.close()
+
+
+class BagReadError(BagError):
+    """rosbags failed while reading messages (a damaged storage file)."""
+
+
+class _CheckedReader:
+    """rosbags' AnyReader whose message iteration turns storage errors into :class:`BagReadError`."""
+
+    def __init__(self, reader: AnyReader) -> None:
+        self._reader = reader
+
+    def __getattr__(self, name: str):
+        return getattr(self._reader, name)
+
+    def messages(self, connections=()):
+        it = iter(self._reader.messages(connections=connections))
+        while True:
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            except (KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as err:  # sqlite/apsw, mcap, struct, CDR errors of a damaged file
+                raise BagReadError(f"{type(err).__name__}: {err}") from err
+            yield item
+
+
+def open_bag(bag_path: Path):
+    """rosbags' AnyReader when it reads the bag, else a :class:`SalvageReader` of what is readable."""
+    reason = "no metadata.yaml"
+    if (bag_path / "metadata.yaml").is_file():
+        try:
+            reader = AnyReader([bag_path], default_typestore=get_typestore(Stores.ROS2_HUMBLE))
+            reader.open()
+            return _CheckedReader(reader)
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as err:  # AnyReaderError, or a storage error while opening
+            reason = str(err)
+    try:
+        salvage = SalvageReader(bag_path, reason)
+    except SalvageError as err:
+        raise BagError(f"cannot open bag {bag_path}: {reason}; {err}") from err
+    log.warning("bag %s is damaged (%s): converting what is readable", bag_path, reason)
+    return salvage
+
+
+def _convert(
+    bag_path: Path, out: str | Path, o: FromBagOptions, overwrite: bool, progress: bool, reader
+) -> FromBagSummary:
     summary = FromBagSummary()
+    if isinstance(reader, SalvageReader):
+        summary.notes.extend(reader.report)
     max_gap_ns = round(o.max_gap_s * 1e9)
     depth_dt_ns = round(o.depth_max_dt_s * 1e9)
     scene = o.scene or bag_path.name
-    try:
-        reader = AnyReader([bag_path], default_typestore=get_typestore(Stores.ROS2_HUMBLE))
-        reader.open()
-    except AnyReaderError as err:
-        raise BagError(f"cannot open bag {bag_path}: {err}") from err
-    try:
-        img_conns = _connections(reader, o.image_topic)
-        if not img_conns:
-            raise BagError(f"image topic {o.image_topic!r} is not in the bag; topics: {_topics_listing(reader)}")
-        img_type = img_conns[0].msgtype
-        if img_type not in (IMAGE_TYPE, COMPRESSED_TYPE):
-            raise BagError(f"{o.image_topic} has type {img_type}; need {IMAGE_TYPE} or {COMPRESSED_TYPE}")
-        depth_conns = _connections(reader, o.depth_topic)
-        if o.depth_topic and not depth_conns:
-            raise BagError(f"depth topic {o.depth_topic!r} is not in the bag; topics: {_topics_listing(reader)}")
-        if depth_conns and depth_conns[0].msgtype != IMAGE_TYPE:
-            raise BagError(f"{o.depth_topic} has type {depth_conns[0].msgtype}; need {IMAGE_TYPE} (16UC1 or 32FC1)")
-        info_topic = o.camera_info_topic
-        if info_topic is None:
-            guess = _default_camera_info_topic(o.image_topic)
-            info_topic = guess if _connections(reader, guess) else None
-        info_conns = _connections(reader, info_topic)
-        if o.camera_info_topic and not info_conns:
-            raise BagError(
-                f"camera_info topic {o.camera_info_topic!r} is not in the bag; topics: {_topics_listing(reader)}"
-            )
-        if not info_conns and o.intrinsics_fxfycxcy is None:
-            raise BagError(
-                f"no camera_info found for {o.image_topic} (tried {_default_camera_info_topic(o.image_topic)}); "
-                "pass --camera-info-topic or --intrinsics"
-            )
+    img_conns = _connections(reader, o.image_topic)
+    if not img_conns:
+        raise BagError(f"image topic {o.image_topic!r} is not in the bag; topics: {_topics_listing(reader)}")
+    img_type = img_conns[0].msgtype
+    if img_type not in (IMAGE_TYPE, COMPRESSED_TYPE):
+        raise BagError(f"{o.image_topic} has type {img_type}; need {IMAGE_TYPE} or {COMPRESSED_TYPE}")
+    depth_conns = _connections(reader, o.depth_topic)
+    if o.depth_topic and not depth_conns:
+        raise BagError(f"depth topic {o.depth_topic!r} is not in the bag; topics: {_topics_listing(reader)}")
+    if depth_conns and depth_conns[0].msgtype != IMAGE_TYPE:
+        raise BagError(f"{o.depth_topic} has type {depth_conns[0].msgtype}; need {IMAGE_TYPE} (16UC1 or 32FC1)")
+    info_topic = o.camera_info_topic
+    if info_topic is None:
+        guess = _default_camera_info_topic(o.image_topic)
+        info_topic = guess if _connections(reader, guess) else None
+    info_conns = _connections(reader, info_topic)
+    if o.camera_info_topic and not info_conns:
+        raise BagError(
+            f"camera_info topic {o.camera_info_topic!r} is not in the bag; topics: {_topics_listing(reader)}"
+        )
+    if not info_conns and o.intrinsics_fxfycxcy is None:
+        raise BagError(
+            f"no camera_info found for {o.image_topic} (tried {_default_camera_info_topic(o.image_topic)}); "
+            "pass --camera-info-topic or --intrinsics"
+        )
 
-        # ---------------------------------------------------------------- pass 1: small topics
-        t_start = time.perf_counter()
-        graph = FrameGraph()
-        pose_samples: list[PoseSample] = []
-        cams: list[tuple[int, PinholeCamera]] = []  # (stamp, camera) where the calibration changes
-        cam_cache: dict[tuple, PinholeCamera] = {}
-        info_errors: dict[str, str] = {}  # reason -> full message of refused camera_info
-        n_infos = 0
-        static_conns = _connections(reader, o.tf_static_topic)
-        tf_conns = _connections(reader, o.tf_topic) if o.pose_tf else []
-        pose_conns = _connections(reader, o.pose_topic)
-        if o.pose_topic:
-            if not pose_conns:
-                raise BagError(f"pose topic {o.pose_topic!r} is not in the bag; topics: {_topics_listing(reader)}")
-            if pose_conns[0].msgtype not in POSE_TYPES:
-                raise BagError(f"{o.pose_topic} has type {pose_conns[0].msgtype}; supported: {', '.join(POSE_TYPES)}")
-        elif not tf_conns and not static_conns:
-            raise BagError(
-                f"--pose-tf needs {o.tf_topic} and/or {o.tf_static_topic}; topics: {_topics_listing(reader)}"
-            )
-        pose_topic_ids = {c.id for c in pose_conns}
-        for conn, bag_t_ns, raw in reader.messages(connections=pose_conns + tf_conns + static_conns + info_conns):
-            try:
-                msg = reader.deserialize(raw, conn.msgtype)
-            except Exception as err:  # rosbags raises several types for broken CDR
-                summary.malformed[f"{conn.topic}: cannot deserialize"] += 1
-                log.debug("%s: %s", conn.topic, err)
-                continue
-            try:
-                if conn.id in pose_topic_ids:
-                    sample = pose_from_msg(msg, conn.msgtype)
-                    pose_samples.append(dataclasses.replace(sample, stamp_ns=_msg_time(o, sample.stamp_ns, bag_t_ns)))
-                elif conn.msgtype == CAMERA_INFO_TYPE:
-                    # camera_info repeats with every image: build (and check) each distinct one once
-                    key = (msg.width, msg.height, msg.distortion_model, msg.k.tobytes(), msg.d.tobytes(),
-                           msg.binning_x, msg.binning_y, msg.roi.width, msg.roi.height)  # fmt: skip
-                    if key not in cam_cache:
-                        try:
-                            cam_cache[key] = camera_from_info(msg)
-                        except MalformedMessageError as err:
-                            info_errors[err.reason] = str(err)  # the full text (with what to do) for the error below
-                            raise
-                    if not cams or cams[-1][1] is not cam_cache[key]:
-                        cams.append((_msg_time(o, stamp_ns(msg.header), bag_t_ns), cam_cache[key]))
-                    n_infos += 1
-                elif conn.msgtype == TF_TYPE:
-                    static = conn.topic == o.tf_static_topic
-                    for tr in msg.transforms:
-                        try:
-                            sample = pose_from_msg(tr, "geometry_msgs/msg/TransformStamped")
-                            sample = dataclasses.replace(sample, stamp_ns=_msg_time(o, sample.stamp_ns, bag_t_ns))
-                            graph.add(sample.parent, sample.child, sample, sample.stamp_ns, static)
-                        except MalformedMessageError as err:
-                            summary.malformed[f"{conn.topic}: {err.reason}"] += 1
-                        except ValueError as err:
-                            summary.malformed[f"{conn.topic}: invalid transform ({err})"] += 1
-            except MalformedMessageError as err:
-                summary.malformed[f"{conn.topic}: {err.reason}"] += 1
-                log.debug("%s: %s", conn.topic, err)
-
-        summary.n_camera_infos = n_infos
-        if info_conns and not cams and o.intrinsics_fxfycxcy is None:
-            raise BagError(
-                f"{info_topic} has no usable camera_info message: {'; '.join(info_errors.values()) or 'none read'}"
-            )
-        cams.sort(key=lambda c: c[0])
-        cam_stamps = np.array([c[0] for c in cams], dtype=np.int64)
-
-        # The pose source: T_world_body(t) and the name of body.
-        if o.pose_topic:
-            if not pose_samples:
-                raise BagError(f"pose topic {o.pose_topic} has no usable message")
-            series = _PoseSeries(pose_samples)
-            summary.n_pose_samples = int(series.stamps.size)
-            world = pose_samples[0].parent
-            body = o.pose_frame or pose_samples[0].child or "base_link"
-            if len({s.parent for s in pose_samples}) > 1:
-                raise BagError(f"{o.pose_topic} mixes frames {sorted({s.parent for s in pose_samples})}")
-
-            def world_body(stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-                return series.at(stamps, max_gap_ns)
-
-            def pose_skip_reason(stamp: int) -> str:
-                # The summary tells "outside the recording of poses" apart from "a hole in it".
-                if stamp < series.stamps[0] or stamp > series.stamps[-1]:
-                    return "no pose: image stamp outside the time range of the pose topic"
-                return f"no pose: gap between pose samples > --max-gap {o.max_gap_s} s"
-        else:
-            world, body = (f.lstrip("/") for f in o.pose_tf)
-            try:
-                graph.path(world, body)
-            except TFLookupError as err:
-                raise BagError(f"--pose-tf {world}:{body}: {err}") from err
-            summary.n_pose_samples = graph.n_dynamic_samples
-
-            def world_body(stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-                return graph.lookup(world, body, stamps, max_gap_ns)
-
-            def pose_skip_reason(stamp: int) -> str:
-                return (
-                    f"no pose: TF {world}->{body} not available at the image stamp "
-                    f"(outside the recorded transforms or a gap > --max-gap {o.max_gap_s} s)"
-                )
-
-        source = {
-            "type": "rosbag2",
-            "path": str(bag_path.resolve()),
-            "storage": _storage_of(bag_path),
-            "image_topic": o.image_topic,
-            "camera_info_topic": info_topic,
-            "depth_topic": o.depth_topic,
-            "pose_source": o.pose_topic or f"tf {world}:{body}",
-            "world_frame": world,
-            "body_frame": body,
-            "max_gap_s": o.max_gap_s,
-            "stamps": "image header stamps" if o.stamps == "header" else "bag record times (--stamps bag)",
-        }
-
-        # ---------------------------------------------------------------- pass 2: images
-        t_pass2 = time.perf_counter()
-        summary.timings["pass1_s"] = t_pass2 - t_start
-        resolved: dict[str, dict] = {}  # image frame_id -> {"fn": stamps -> (T_body_cam, valid)}
-
-        def body_cam(frame_id: str, stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            if frame_id not in resolved:
-                resolved[frame_id] = _resolve_extrinsic(o, graph, body, frame_id, source)
-            return resolved[frame_id]["fn"](stamps)
-
-        writer = DatasetWriter(out, source=source, overwrite=overwrite)
-        # Encoding and writing run on worker threads (numpy copies, zlib, crc32 and file writes
-        # release the GIL), overlapping with reading and deserializing the next messages in this
-        # thread. PNGs are encoded and written in parallel (DatasetWriter.add_frame is thread-safe
-        # and writes its files unlocked). At most `max_inflight` frames wait in memory (few: see
-        # POSE_BATCH).
-        pool = ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="from-bag-writer")
-        inflight: deque = deque()
-        max_inflight = 2 * WRITER_THREADS
-        with writer:
-            writer.set_scene(scene)
-            writer.set_sequence(scene, o.sequence, condition=o.condition)
-            writer.set_split(o.split, [f"{scene}/{o.sequence}"])
-            pending: deque = deque()  # images waiting for their depth: (bag_t, stamp, frame dict)
-            depths: deque = deque()  # recent depth images: (bag_t, stamp, depth_m)
-            batch: list[tuple[int, dict]] = []  # decoded frames waiting for their pose: (bag_t, frame)
-            seen_stamps: set[int] = set()
-            n_total = sum(c.msgcount for c in img_conns)
-            img_ids = {c.id for c in img_conns}
-            bar = tqdm(total=n_total, unit="img", desc="from-bag", disable=not progress)
-            index = -1
-            window_ns = max(depth_dt_ns, 1_000_000_000)  # bag-time window to wait for a matching depth
-
-            def write_job(frame: dict, depth_m: np.ndarray | None) -> None:
-                if frame["pixels"] is None:
-                    data = frame["bytes"]
-                else:
-                    if not hasattr(_scratch, "d"):
-                        _scratch.d = {}
-                    data = encode_png(frame["pixels"], o.png_level, scratch=_scratch.d)
-                writer.add_frame(  # thread-safe; the files are written in parallel
-                    scene,
-                    o.sequence,
-                    frame["name"],
-                    frame["stamp"],
-                    frame["T_world_cam"],
-                    frame["camera"],
-                    rgb_encoded=data,
-                    rgb_ext=frame["ext"],
-                    depth_m_HW=depth_m,
-                )
-
-            def emit(frame: dict, depth_m: np.ndarray | None) -> None:
-                if depth_m is not None and depth_m.shape != (frame["camera"].height, frame["camera"].width):
-                    summary.malformed[f"{o.depth_topic}: size differs from the colour image"] += 1
-                    depth_m = None
-                while len(inflight) >= max_inflight:
-                    inflight.popleft().result()  # re-raises a failure of the worker here
-                inflight.append(pool.submit(write_job, frame, depth_m))
-                summary.n_frames += 1
-                summary.n_with_depth += depth_m is not None
-
-            def flush(now_bag_t: int | None) -> None:
-                # Frames whose depth did not arrive within the window are written without depth.
-                while pending and (now_bag_t is None or now_bag_t - pending[0][0] > window_ns):
-                    _, _, fr = pending.popleft()
-                    summary.n_without_depth += 1
-                    emit(fr, None)
-                while depths and now_bag_t is not None and now_bag_t - depths[0][0] > window_ns:
-                    depths.popleft()
-
-            def process_batch() -> None:
-                # Poses of a batch of frames in one vectorised interpolation (one call per frame
-                # would cost more than reading the image).
-                if not batch:
-                    return
-                stamps = np.array([fr["stamp"] for _, fr in batch], dtype=np.int64)
-                T_wb, ok_wb = world_body(stamps)
-                T_bc, ok_bc = body_cam(batch[0][1]["frame_id"], stamps)
-                for k, (bag_t, fr) in enumerate(batch):
-                    if not ok_wb[k]:
-                        summary.skipped[pose_skip_reason(fr["stamp"])] += 1
-                        continue
-                    if not ok_bc[k]:
-                        summary.skipped["no camera extrinsic (TF) within --max-gap of the stamp"] += 1
-                        continue
-                    fr["T_world_cam"] = T_wb[k] @ T_bc[k]
-                    if not depth_conns:
-                        emit(fr, None)
-                        continue
-                    match = _nearest(depths, fr["stamp"], depth_dt_ns)
-                    if match is not None:
-                        emit(fr, match)
-                    else:
-                        pending.append((bag_t, fr["stamp"], fr))
-                    flush(bag_t)
-                batch.clear()
-
-            try:
-                for conn, bag_t, raw in reader.messages(connections=img_conns + depth_conns):
-                    if conn.id in img_ids:
-                        index += 1
-                        bar.update(1)
-                        summary.n_image_messages += 1
-                        summary.image_bytes += len(raw)
-                        if index % o.stride:
-                            summary.skipped[f"--stride {o.stride}"] += 1
-                            continue
-                        frame = _image_frame(reader, conn, raw, index, o, cams, cam_stamps, summary, bag_t)
-                        if frame is None:
-                            continue
-                        if frame["stamp"] in seen_stamps:
-                            summary.skipped["duplicate image stamp"] += 1
-                            continue
-                        seen_stamps.add(frame["stamp"])
-                        if batch and frame["frame_id"] != batch[0][1]["frame_id"]:
-                            process_batch()  # one extrinsic per batch
-                        batch.append((bag_t, frame))
-                        if len(batch) >= POSE_BATCH:
-                            process_batch()
-                        continue
-                    process_batch()  # depth pairing sees every earlier image
+    # ---------------------------------------------------------------- pass 1: small topics
+    t_start = time.perf_counter()
+    graph = FrameGraph()
+    pose_samples: list[PoseSample] = []
+    cams: list[tuple[int, PinholeCamera]] = []  # (stamp, camera) where the calibration changes
+    cam_cache: dict[tuple, PinholeCamera] = {}
+    info_errors: dict[str, str] = {}  # reason -> full message of refused camera_info
+    n_infos = 0
+    static_conns = _connections(reader, o.tf_static_topic)
+    tf_conns = _connections(reader, o.tf_topic) if o.pose_tf else []
+    pose_conns = _connections(reader, o.pose_topic)
+    if o.pose_topic:
+        if not pose_conns:
+            raise BagError(f"pose topic {o.pose_topic!r} is not in the bag; topics: {_topics_listing(reader)}")
+        if pose_conns[0].msgtype not in POSE_TYPES:
+            raise BagError(f"{o.pose_topic} has type {pose_conns[0].msgtype}; supported: {', '.join(POSE_TYPES)}")
+    elif not tf_conns and not static_conns:
+        raise BagError(f"--pose-tf needs {o.tf_topic} and/or {o.tf_static_topic}; topics: {_topics_listing(reader)}")
+    pose_topic_ids = {c.id for c in pose_conns}
+    for conn, bag_t_ns, raw in reader.messages(connections=pose_conns + tf_conns + static_conns + info_conns):
+        try:
+            msg = reader.deserialize(raw, conn.msgtype)
+        except Exception as err:  # rosbags raises several types for broken CDR
+            summary.malformed[f"{conn.topic}: cannot deserialize"] += 1
+            log.debug("%s: %s", conn.topic, err)
+            continue
+        try:
+            if conn.id in pose_topic_ids:
+                sample = pose_from_msg(msg, conn.msgtype)
+                pose_samples.append(dataclasses.replace(sample, stamp_ns=_msg_time(o, sample.stamp_ns, bag_t_ns)))
+            elif conn.msgtype == CAMERA_INFO_TYPE:
+                # camera_info repeats with every image: build (and check) each distinct one once
+                key = (msg.width, msg.height, msg.distortion_model, msg.k.tobytes(), msg.d.tobytes(),
+                       msg.binning_x, msg.binning_y, msg.roi.width, msg.roi.height)  # fmt: skip
+                if key not in cam_cache:
                     try:
-                        dmsg = reader.deserialize(raw, conn.msgtype)
-                        d = (bag_t, _msg_time(o, stamp_ns(dmsg.header), bag_t), depth_metres(dmsg, o.max_image_pixels))
+                        cam_cache[key] = camera_from_info(msg)
+                    except MalformedMessageError as err:
+                        info_errors[err.reason] = str(err)  # the full text (with what to do) for the error below
+                        raise
+                if not cams or cams[-1][1] is not cam_cache[key]:
+                    cams.append((_msg_time(o, stamp_ns(msg.header), bag_t_ns), cam_cache[key]))
+                n_infos += 1
+            elif conn.msgtype == TF_TYPE:
+                static = conn.topic == o.tf_static_topic
+                for tr in msg.transforms:
+                    try:
+                        sample = pose_from_msg(tr, "geometry_msgs/msg/TransformStamped")
+                        sample = dataclasses.replace(sample, stamp_ns=_msg_time(o, sample.stamp_ns, bag_t_ns))
+                        graph.add(sample.parent, sample.child, sample, sample.stamp_ns, static)
                     except MalformedMessageError as err:
                         summary.malformed[f"{conn.topic}: {err.reason}"] += 1
+                    except ValueError as err:
+                        summary.malformed[f"{conn.topic}: invalid transform ({err})"] += 1
+        except MalformedMessageError as err:
+            summary.malformed[f"{conn.topic}: {err.reason}"] += 1
+            log.debug("%s: %s", conn.topic, err)
+
+    summary.n_camera_infos = n_infos
+    if info_conns and not cams and o.intrinsics_fxfycxcy is None:
+        raise BagError(
+            f"{info_topic} has no usable camera_info message: {'; '.join(info_errors.values()) or 'none read'}"
+        )
+    cams.sort(key=lambda c: c[0])
+    cam_stamps = np.array([c[0] for c in cams], dtype=np.int64)
+
+    # The pose source: T_world_body(t) and the name of body.
+    if o.pose_topic:
+        if not pose_samples:
+            raise BagError(f"pose topic {o.pose_topic} has no usable message")
+        series = _PoseSeries(pose_samples)
+        summary.n_pose_samples = int(series.stamps.size)
+        world = pose_samples[0].parent
+        body = o.pose_frame or pose_samples[0].child or "base_link"
+        if len({s.parent for s in pose_samples}) > 1:
+            raise BagError(f"{o.pose_topic} mixes frames {sorted({s.parent for s in pose_samples})}")
+
+        def world_body(stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return series.at(stamps, max_gap_ns)
+
+        def pose_skip_reason(stamp: int) -> str:
+            # The summary tells "outside the recording of poses" apart from "a hole in it".
+            if stamp < series.stamps[0] or stamp > series.stamps[-1]:
+                return "no pose: image stamp outside the time range of the pose topic"
+            return f"no pose: gap between pose samples > --max-gap {o.max_gap_s} s"
+    else:
+        world, body = (f.lstrip("/") for f in o.pose_tf)
+        try:
+            graph.path(world, body)
+        except TFLookupError as err:
+            raise BagError(f"--pose-tf {world}:{body}: {err}") from err
+        summary.n_pose_samples = graph.n_dynamic_samples
+
+        def world_body(stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return graph.lookup(world, body, stamps, max_gap_ns)
+
+        def pose_skip_reason(stamp: int) -> str:
+            return (
+                f"no pose: TF {world}->{body} not available at the image stamp "
+                f"(outside the recorded transforms or a gap > --max-gap {o.max_gap_s} s)"
+            )
+
+    source = {
+        "type": "rosbag2",
+        "path": str(bag_path.resolve()),
+        "storage": _storage_of(bag_path),
+        "image_topic": o.image_topic,
+        "camera_info_topic": info_topic,
+        "depth_topic": o.depth_topic,
+        "pose_source": o.pose_topic or f"tf {world}:{body}",
+        "world_frame": world,
+        "body_frame": body,
+        "max_gap_s": o.max_gap_s,
+        "stamps": "image header stamps" if o.stamps == "header" else "bag record times (--stamps bag)",
+    }
+
+    # ---------------------------------------------------------------- pass 2: images
+    t_pass2 = time.perf_counter()
+    summary.timings["pass1_s"] = t_pass2 - t_start
+    resolved: dict[str, dict] = {}  # image frame_id -> {"fn": stamps -> (T_body_cam, valid)}
+
+    def body_cam(frame_id: str, stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if frame_id not in resolved:
+            resolved[frame_id] = _resolve_extrinsic(o, graph, body, frame_id, source)
+        return resolved[frame_id]["fn"](stamps)
+
+    writer = DatasetWriter(out, source=source, overwrite=overwrite)
+    # Encoding and writing run on worker threads (numpy copies, zlib, crc32 and file writes
+    # release the GIL), overlapping with reading and deserializing the next messages in this
+    # thread. PNGs are encoded and written in parallel (DatasetWriter.add_frame is thread-safe
+    # and writes its files unlocked). At most `max_inflight` frames wait in memory (few: see
+    # POSE_BATCH).
+    pool = ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="from-bag-writer")
+    inflight: deque = deque()
+    max_inflight = 2 * WRITER_THREADS
+    with writer:
+        writer.set_scene(scene)
+        writer.set_sequence(scene, o.sequence, condition=o.condition)
+        writer.set_split(o.split, [f"{scene}/{o.sequence}"])
+        pending: deque = deque()  # images waiting for their depth: (bag_t, stamp, frame dict)
+        depths: deque = deque()  # recent depth images: (bag_t, stamp, depth_m)
+        batch: list[tuple[int, dict]] = []  # decoded frames waiting for their pose: (bag_t, frame)
+        seen_stamps: set[int] = set()
+        n_total = sum(c.msgcount for c in img_conns)
+        img_ids = {c.id for c in img_conns}
+        bar = tqdm(total=n_total, unit="img", desc="from-bag", disable=not progress)
+        index = -1
+        window_ns = max(depth_dt_ns, 1_000_000_000)  # bag-time window to wait for a matching depth
+
+        def write_job(frame: dict, depth_m: np.ndarray | None) -> None:
+            if frame["pixels"] is None:
+                data = frame["bytes"]
+            else:
+                if not hasattr(_scratch, "d"):
+                    _scratch.d = {}
+                data = encode_png(frame["pixels"], o.png_level, scratch=_scratch.d)
+            writer.add_frame(  # thread-safe; the files are written in parallel
+                scene,
+                o.sequence,
+                frame["name"],
+                frame["stamp"],
+                frame["T_world_cam"],
+                frame["camera"],
+                rgb_encoded=data,
+                rgb_ext=frame["ext"],
+                depth_m_HW=depth_m,
+            )
+
+        def emit(frame: dict, depth_m: np.ndarray | None) -> None:
+            if depth_m is not None and depth_m.shape != (frame["camera"].height, frame["camera"].width):
+                summary.malformed[f"{o.depth_topic}: size differs from the colour image"] += 1
+                depth_m = None
+            while len(inflight) >= max_inflight:
+                inflight.popleft().result()  # re-raises a failure of the worker here
+            inflight.append(pool.submit(write_job, frame, depth_m))
+            summary.n_frames += 1
+            summary.n_with_depth += depth_m is not None
+
+        def flush(now_bag_t: int | None) -> None:
+            # Frames whose depth did not arrive within the window are written without depth.
+            while pending and (now_bag_t is None or now_bag_t - pending[0][0] > window_ns):
+                _, _, fr = pending.popleft()
+                summary.n_without_depth += 1
+                emit(fr, None)
+            while depths and now_bag_t is not None and now_bag_t - depths[0][0] > window_ns:
+                depths.popleft()
+
+        def process_batch() -> None:
+            # Poses of a batch of frames in one vectorised interpolation (one call per frame
+            # would cost more than reading the image).
+            if not batch:
+                return
+            stamps = np.array([fr["stamp"] for _, fr in batch], dtype=np.int64)
+            T_wb, ok_wb = world_body(stamps)
+            T_bc, ok_bc = body_cam(batch[0][1]["frame_id"], stamps)
+            for k, (bag_t, fr) in enumerate(batch):
+                if not ok_wb[k]:
+                    summary.skipped[pose_skip_reason(fr["stamp"])] += 1
+                    continue
+                if not ok_bc[k]:
+                    summary.skipped["no camera extrinsic (TF) within --max-gap of the stamp"] += 1
+                    continue
+                fr["T_world_cam"] = T_wb[k] @ T_bc[k]
+                if not depth_conns:
+                    emit(fr, None)
+                    continue
+                match = _nearest(depths, fr["stamp"], depth_dt_ns)
+                if match is not None:
+                    emit(fr, match)
+                else:
+                    pending.append((bag_t, fr["stamp"], fr))
+                flush(bag_t)
+            batch.clear()
+
+        try:
+            for conn, bag_t, raw in reader.messages(connections=img_conns + depth_conns):
+                if conn.id in img_ids:
+                    index += 1
+                    bar.update(1)
+                    summary.n_image_messages += 1
+                    summary.image_bytes += len(raw)
+                    if index % o.stride:
+                        summary.skipped[f"--stride {o.stride}"] += 1
                         continue
-                    except Exception as err:
-                        summary.malformed[f"{conn.topic}: cannot deserialize"] += 1
-                        log.debug("%s: %s", conn.topic, err)
+                    frame = _image_frame(reader, conn, raw, index, o, cams, cam_stamps, summary, bag_t)
+                    if frame is None:
                         continue
-                    # pair with a waiting image if one is close enough in time
-                    for i, (_, st, fr) in enumerate(pending):
-                        if abs(st - d[1]) <= depth_dt_ns:
-                            del pending[i]
-                            emit(fr, d[2])
-                            break
-                    else:
-                        depths.append(d)
-                    flush(bag_t)
-                process_batch()
-                flush(None)
-                while inflight:
-                    inflight.popleft().result()
-            finally:
-                # On any failure (or Ctrl-C) stop the worker before the writer removes its folder.
-                pool.shutdown(wait=True, cancel_futures=True)
-            bar.close()
-            if summary.n_without_depth:
-                summary.notes.append(
-                    f"{summary.n_without_depth} frames written without depth (no valid depth image within "
-                    f"{o.depth_max_dt_s} s of their stamp)"
-                )
-            n_dup = summary.skipped.get("duplicate image stamp", 0)
-            if n_dup > summary.n_image_messages // 2:
-                summary.notes.append(
-                    f"{n_dup} of {summary.n_image_messages} images repeat an earlier header stamp: the camera "
-                    "driver may not stamp its images (header.stamp), which from-bag needs to match poses"
-                )
-            if summary.n_frames == 0:
-                raise BagError(
-                    "no frame could be written:\n"
-                    + "\n".join(summary.lines())
-                    + "\n(check --max-gap, the pose source and the image topic)"
-                )
-            summary.timings["pass2_s"] = time.perf_counter() - t_pass2
-            writer.manifest["source"]["summary"] = summary.to_dict()
-            t_commit = time.perf_counter()
-        summary.timings["commit_s"] = time.perf_counter() - t_commit
-        summary.out = Path(out)
-    finally:
-        reader.close()
+                    if frame["stamp"] in seen_stamps:
+                        summary.skipped["duplicate image stamp"] += 1
+                        continue
+                    seen_stamps.add(frame["stamp"])
+                    if batch and frame["frame_id"] != batch[0][1]["frame_id"]:
+                        process_batch()  # one extrinsic per batch
+                    batch.append((bag_t, frame))
+                    if len(batch) >= POSE_BATCH:
+                        process_batch()
+                    continue
+                process_batch()  # depth pairing sees every earlier image
+                try:
+                    dmsg = reader.deserialize(raw, conn.msgtype)
+                    d = (bag_t, _msg_time(o, stamp_ns(dmsg.header), bag_t), depth_metres(dmsg, o.max_image_pixels))
+                except MalformedMessageError as err:
+                    summary.malformed[f"{conn.topic}: {err.reason}"] += 1
+                    continue
+                except Exception as err:
+                    summary.malformed[f"{conn.topic}: cannot deserialize"] += 1
+                    log.debug("%s: %s", conn.topic, err)
+                    continue
+                # pair with a waiting image if one is close enough in time
+                for i, (_, st, fr) in enumerate(pending):
+                    if abs(st - d[1]) <= depth_dt_ns:
+                        del pending[i]
+                        emit(fr, d[2])
+                        break
+                else:
+                    depths.append(d)
+                flush(bag_t)
+            process_batch()
+            flush(None)
+            while inflight:
+                inflight.popleft().result()
+        finally:
+            # On any failure (or Ctrl-C) stop the worker before the writer removes its folder.
+            pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+        if summary.n_without_depth:
+            summary.notes.append(
+                f"{summary.n_without_depth} frames written without depth (no valid depth image within "
+                f"{o.depth_max_dt_s} s of their stamp)"
+            )
+        n_dup = summary.skipped.get("duplicate image stamp", 0)
+        if n_dup > summary.n_image_messages // 2:
+            summary.notes.append(
+                f"{n_dup} of {summary.n_image_messages} images repeat an earlier header stamp: the camera "
+                "driver may not stamp its images (header.stamp), which from-bag needs to match poses"
+            )
+        if summary.n_frames == 0:
+            raise BagError(
+                "no frame could be written:\n"
+                + "\n".join(summary.lines())
+                + "\n(check --max-gap, the pose source and the image topic)"
+            )
+        summary.timings["pass2_s"] = time.perf_counter() - t_pass2
+        writer.manifest["source"]["summary"] = summary.to_dict()
+        t_commit = time.perf_counter()
+    summary.timings["commit_s"] = time.perf_counter() - t_commit
+    summary.out = Path(out)
     for line in summary.lines():
         log.info(line)
     log.debug("timings: %s", {k: round(v, 3) for k, v in summary.timings.items()})
