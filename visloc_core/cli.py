@@ -15,6 +15,8 @@ import sys
 
 import yaml
 
+from .atomic import OutputLockedError
+
 # command -> (module, one-line help). Nested commands use a space: "dataset from-bag".
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("synth", "render a synthetic scene into a dataset (and optionally bags)"),
@@ -78,7 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("visloc: interrupted; partial results (if any) are kept as described in --help", file=sys.stderr)
         return 130
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, KeyError, yaml.YAMLError) as err:
+    except (
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        ValueError,
+        KeyError,
+        yaml.YAMLError,
+        OutputLockedError,
+    ) as err:
         # Bad input: one clear line, no traceback (use -v for it).
         if args.verbose:
             raise

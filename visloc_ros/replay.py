@@ -299,6 +299,20 @@ class NodeProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def configure_failure(self) -> str:
+        """The node's 'configure failed: ...' log line, if it logged one (else '')."""
+        if self._log is subprocess.DEVNULL:
+            return ""
+        self._log.flush()
+        try:
+            text = Path(self._log.name).read_text(errors="replace")
+        except OSError:
+            return ""
+        for line in text.splitlines():
+            if "configure failed: " in line:
+                return line.split("configure failed: ", 1)[1].strip()
+        return ""
+
     def stop(self, grace_s: float = 10.0) -> int:
         if self.alive():
             self.proc.send_signal(signal.SIGINT)
@@ -372,12 +386,13 @@ def replay(o: ReplayOptions) -> dict:
     from rosbags.highlevel import AnyReader
 
     from visloc_core.evaluation.report import write_report
-    from visloc_core.localizers.loading import read_artifact_meta
+    from visloc_core.localizers.loading import check_artifact
 
+    # An artifact the node cannot load leaves it unconfigured: fail here (damaged files, format
+    # version), not after the start-up timeout.
+    check_artifact(o.artifact)
     plan = plan_bag(o)
     truth = _truth(o, plan)
-    # A folder the node cannot load leaves it unconfigured: fail here, not after the start-up timeout.
-    read_artifact_meta(o.artifact)
     out = Path(o.out)
     out.mkdir(parents=True, exist_ok=True)
     params = _node_params(o, plan)
@@ -406,6 +421,9 @@ def replay(o: ReplayOptions) -> dict:
             while image_pub.get_subscription_count() == 0:  # the node subscribes at activate
                 if not node_proc.alive():
                     raise RuntimeError(f"the localizer node exited during start-up; see {out / 'node.log'}")
+                failed = node_proc.configure_failure()
+                if failed:
+                    raise ReplayError(f"the localizer node did not start: {failed}")
                 if time.monotonic() > t_end:
                     raise TimeoutError(
                         f"the node did not activate within {o.startup_timeout_s} s; see {out / 'node.log'}"

@@ -11,6 +11,7 @@ import importlib
 import json
 from pathlib import Path
 
+from ..integrity import ArtifactError
 from ..registry import Registry
 from .base import Localizer
 
@@ -20,6 +21,11 @@ LOCALIZERS: Registry[Localizer] = Registry("localizer")
 _PLUGIN_MODULES = {
     "apr": "visloc_core.localizers.apr",
     "relpose": "visloc_core.localizers.relpose",
+}
+# what to do about a damaged artifact of each kind
+REMEDY = {
+    "apr": "retrain it with `visloc train` (or restore the artifact from a copy)",
+    "relpose": "rebuild it with `visloc map build` (or restore the map from a copy)",
 }
 
 
@@ -32,10 +38,30 @@ def read_artifact_meta(artifact_dir: str | Path) -> dict:
         )
     try:
         meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{meta_file} is not valid JSON ({err}); the artifact is damaged, rebuild it") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{meta_file} is not valid JSON ({err}); the artifact is damaged, rebuild it") from err
     if not isinstance(meta, dict) or "kind" not in meta:
         raise ValueError(f"{meta_file} has no 'kind' (expected one of: {', '.join(_PLUGIN_MODULES)})")
+    return meta
+
+
+# kind -> "module:function" checking an artifact without loading its models (format version, checksums)
+_INTEGRITY_CHECKS = {
+    "apr": "visloc_core.models.apr.artifact:check_apr_integrity",
+    "relpose": "visloc_core.localizers.relpose.mapping:check_map_integrity",
+}
+
+
+def check_artifact(artifact_dir: str | Path) -> dict:
+    """What can be checked of an artifact without loading its models (artifact.json, kind, format
+    version, the checksum of every file): raises ArtifactError / ValueError with one line naming the
+    file and what to do; returns the metadata. Cheap: used before starting a node on the artifact."""
+    meta = read_artifact_meta(artifact_dir)
+    kind = meta["kind"]
+    if kind not in _INTEGRITY_CHECKS:
+        raise ValueError(f"{artifact_dir}: unknown artifact kind {kind!r}; known: {', '.join(_PLUGIN_MODULES)}")
+    module, func = _INTEGRITY_CHECKS[kind].split(":")
+    getattr(importlib.import_module(module), func)(Path(artifact_dir), meta)
     return meta
 
 
@@ -60,11 +86,20 @@ def load_localizer(artifact_dir: str | Path, device: str = "cpu") -> Localizer:
         raise ValueError(f"{artifact_dir}: unknown artifact kind {kind!r}; known: {', '.join(_PLUGIN_MODULES)}")
     if kind not in LOCALIZERS:
         importlib.import_module(_PLUGIN_MODULES[kind])
+    remedy = REMEDY.get(kind, "rebuild it")
     try:
         return LOCALIZERS.build(kind, Path(artifact_dir), device)
+    except ArtifactError:
+        raise
     except FileNotFoundError as err:
         if err.filename is None:  # already a message of ours
             raise
         raise FileNotFoundError(
-            f"{artifact_dir}: the {kind} artifact is incomplete (missing {err.filename}); rebuild it"
+            f"{artifact_dir}: the {kind} artifact is incomplete (missing {err.filename}); {remedy}"
+        ) from err
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as err:  # whatever a damaged file makes torch, faiss, numpy or yaml raise: one line
+        raise ArtifactError(
+            f"{artifact_dir}: the {kind} artifact does not load ({type(err).__name__}: {err}); {remedy}"
         ) from err

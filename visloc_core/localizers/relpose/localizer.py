@@ -31,7 +31,7 @@ import yaml
 from ...geometry import PinholeCamera
 from ..base import LocalizationResult, Localizer, Status, check_query_image
 from .hypotheses import FilterConfig, Observation, filter_hypotheses
-from .mapping import build_estimator, load_keyframes, merge_config
+from .mapping import build_estimator, check_map_integrity, load_keyframes, merge_config
 from .retrieval import DescriptorIndex, RetrievalConfig, select_references
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class RelposeLocalizer(Localizer):
         self.meta = json.loads((self.artifact_dir / "artifact.json").read_text())
         if self.meta.get("kind") != "relpose":
             raise ValueError(f"{self.artifact_dir} is a {self.meta.get('kind')!r} artifact, not relpose")
+        check_map_integrity(self.artifact_dir, self.meta)
         cfg = yaml.safe_load((self.artifact_dir / "config.yaml").read_text())
         self.cfg = merge_config(cfg, overrides or {})
         if self.cfg["estimator"]["name"] != self.meta["estimator"]:

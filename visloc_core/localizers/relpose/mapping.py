@@ -36,6 +36,7 @@ import yaml
 from ...atomic import atomic_folder
 from ...data.layout import Dataset, FrameRecord
 from ...geometry import PinholeCamera
+from ...integrity import ArtifactError, file_digests, verify_files
 from ...yaml_io import load_yaml_file
 from ..loading import check_device
 from .base import RELPOSE_ESTIMATORS, Keyframe
@@ -278,14 +279,31 @@ def build_map(
             "created_unix": time.time(),
             "stats": stats,
         }
+        meta["files"] = file_digests(tmp)  # checked at load (visloc_core.integrity)
         (tmp / "artifact.json").write_text(json.dumps(meta, indent=2))
     log.info("map written to %s (%d keyframes)", out, len(keyframes))
     return out
 
 
+REBUILD = "rebuild the map with `visloc map build` (or restore it from a copy)"
+
+
+def check_map_integrity(artifact_dir: Path, meta: dict) -> None:
+    """format_version this visloc reads, and every file as written (visloc_core.integrity), or ArtifactError."""
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise ArtifactError(
+            f"{artifact_dir / 'artifact.json'}: format_version {version!r} is not one this visloc reads "
+            f"(1..{FORMAT_VERSION}): upgrade visloc, or {REBUILD}"
+        )
+    verify_files(artifact_dir, meta, REBUILD)
+
+
 def load_keyframes(artifact_dir: Path) -> list[Keyframe]:
     """Keyframes of a map artifact with their estimator caches (paths resolved in the artifact)."""
     recs = json.loads((artifact_dir / "keyframes.json").read_text())
+    if not isinstance(recs, list) or not recs:
+        raise ArtifactError(f"{artifact_dir / 'keyframes.json'} lists no keyframes: {REBUILD}")
     kfs = []
     for r in recs:
         kfs.append(

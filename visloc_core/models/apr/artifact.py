@@ -33,6 +33,7 @@ import torch
 import yaml
 
 from ...atomic import atomic_folder
+from ...integrity import ArtifactError, file_digests, verify_files
 from ..registry import SceneSpec, build_apr_model
 
 ARTIFACT_KIND = "apr"
@@ -144,41 +145,88 @@ def write_apr_artifact(
             "calibration": calibration,
             "training": training,
         }
-        (tmp / "artifact.json").write_text(json.dumps(meta, indent=2))
         for name, src in (extra_files or {}).items():
             if Path(src).is_file():
                 shutil.copyfile(src, tmp / name)
+        meta["files"] = file_digests(tmp)  # checked at load (visloc_core.integrity)
+        (tmp / "artifact.json").write_text(json.dumps(meta, indent=2))
     return out
 
 
+RETRAIN = "retrain it with `visloc train` (or restore the artifact from a copy)"
+
+
+def check_apr_integrity(path: Path, meta: dict) -> list[SceneStats]:
+    """Everything about an APR artifact that can be checked without building its model: format_version,
+    required keys, checksums of every file, finite normalisation and calibration. Returns the scenes;
+    raises :class:`~visloc_core.integrity.ArtifactError`."""
+    meta_file = path / "artifact.json"
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise ArtifactError(
+            f"{meta_file}: format_version {version!r} is not one this visloc reads (1..{FORMAT_VERSION}): "
+            f"upgrade visloc, or {RETRAIN}"
+        )
+    for key in ("scenes", "calibration", "image"):
+        if key not in meta:
+            raise ArtifactError(f"{meta_file} has no {key!r}; the artifact is incomplete: {RETRAIN}")
+    verify_files(path, meta, RETRAIN)
+    try:
+        scenes = [SceneStats.from_json(s) for s in meta["scenes"]]
+        cal = meta["calibration"]
+        var = np.asarray(cal["translation_var_m2"] + cal["rotation_var_rad2"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ArtifactError(f"{meta_file}: scenes or calibration unreadable ({err}): {RETRAIN}") from err
+    for s in scenes:
+        stats = np.concatenate([s.position_mean, [s.position_scale], s.region_min, s.region_max])
+        if not np.all(np.isfinite(stats)) or s.position_scale <= 0:
+            raise ArtifactError(f"{meta_file}: scene {s.name!r} has a non-finite or zero normalisation: {RETRAIN}")
+    if var.shape != (6,) or not np.all(np.isfinite(var)) or np.any(var <= 0):
+        raise ArtifactError(f"{meta_file}: the covariance calibration is not 6 positive numbers: {RETRAIN}")
+    return scenes
+
+
 def load_apr_artifact(path: str | Path, device: str = "cpu") -> APRArtifact:
-    """Rebuild the model from the artifact alone (no ImageNet weights, no dataset) on ``device``."""
+    """Rebuild the model from the artifact alone (no ImageNet weights, no dataset) on ``device``.
+
+    Raises :class:`~visloc_core.integrity.ArtifactError` (one line naming the file and what to do) for
+    a damaged file (checksums), metadata out of range (non-finite normalisation or calibration), a
+    format_version this visloc does not read, and weights that do not load or are not finite."""
     path = Path(path)
     meta_file = path / "artifact.json"
     if not meta_file.is_file():
         raise FileNotFoundError(f"{path} is not a visloc artifact (no artifact.json); make one with `visloc train`")
-    meta = json.loads(meta_file.read_text())
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{meta_file} is not valid JSON ({err}): {RETRAIN}") from err
     if meta.get("kind") != ARTIFACT_KIND:
         raise ValueError(f"{meta_file}: kind is {meta.get('kind')!r}, expected {ARTIFACT_KIND!r}")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise ValueError(f"{meta_file}: format_version {meta['format_version']} is newer than this visloc reads")
-    for key in ("scenes", "calibration", "image"):
-        if key not in meta:
-            raise ValueError(f"{meta_file} has no {key!r}; the artifact is incomplete (re-run `visloc train`)")
-    cfg = yaml.safe_load((path / meta.get("config", CONFIG_FILE)).read_text())
-    scenes = [SceneStats.from_json(s) for s in meta["scenes"]]
-    model_cfg = {k: v for k, v in cfg["model"].items() if k != "name"}
+    scenes = check_apr_integrity(path, meta)
+    cfg_file = path / meta.get("config", CONFIG_FILE)
+    try:
+        cfg = yaml.safe_load(cfg_file.read_text())
+        model_cfg = {k: v for k, v in cfg["model"].items() if k != "name"}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
+        raise ArtifactError(f"{cfg_file} is unreadable ({type(err).__name__}: {err}): {RETRAIN}") from err
     if "pretrained" in model_cfg:
         model_cfg["pretrained"] = False  # the artifact's weights replace them; nothing else is read
     model = build_apr_model(cfg["model"]["name"], model_cfg, [SceneSpec(s.name, s.description) for s in scenes])
     weights = path / meta.get("weights", WEIGHTS_FILE)
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} is missing; the artifact is incomplete (re-run `visloc train`)")
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, empty or garbled: torch raises several types
+        raise ArtifactError(f"{weights} does not load ({type(err).__name__}: {err}): {RETRAIN}") from err
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(
-            f"{weights} does not fit model {cfg['model']['name']!r}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        raise ArtifactError(
+            f"{weights} does not fit model {cfg['model']['name']!r} (missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}): {RETRAIN}"
         )
+    bad = [k for k, v in state.items() if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ArtifactError(f"{weights} holds non-finite weights ({', '.join(bad[:3])}): {RETRAIN}")
     model.to(device).eval()
     return APRArtifact(path, meta, cfg, model, scenes)

@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from ...atomic import atomic_folder
+from ...integrity import file_digests, verify_files
 from .net import RelPoseNet, merge_conf
 
 FORMAT = "visloc-relpose-net"
@@ -33,8 +34,9 @@ def save_relpose_net(model: RelPoseNet, meta: dict, train_cfg: dict, out: str | 
     with atomic_folder(out, overwrite=overwrite) as tmp:
         torch.save(model.state_dict(), tmp / "weights.pt")
         full = {"format": FORMAT, "version": VERSION, "model": model.conf, **meta}
-        (tmp / META_FILE).write_text(json.dumps(full, indent=2, default=_jsonable))
         (tmp / "config.yaml").write_text(yaml.safe_dump(train_cfg, sort_keys=False))
+        full["files"] = file_digests(tmp, exclude=(META_FILE,))  # checked at load (visloc_core.integrity)
+        (tmp / META_FILE).write_text(json.dumps(full, indent=2, default=_jsonable))
     return out
 
 
@@ -64,6 +66,7 @@ def read_relpose_meta(path: str | Path) -> dict:
 def load_relpose_net(path: str | Path, device: str = "cpu") -> tuple[RelPoseNet, dict]:
     """(model in eval mode on ``device``, metadata) from a checkpoint folder."""
     meta = read_relpose_meta(path)
+    verify_files(path, meta, "retrain it with `visloc train ... task: relpose_net`", META_FILE)
     conf = merge_conf(meta["model"])
     # The trained weights replace the backbone's; skip reading ImageNet files and weight paths.
     conf["pretrained"] = False
