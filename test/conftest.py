@@ -13,11 +13,18 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 @pytest.fixture(autouse=True)
 def _seeded() -> None:
-    np.random.seed(0)
+    """Every test starts from the run's seed (test/bounds.py) with the run's thread count (scripts/run_tests.sh
+    runs the suite with 1 and with 2) and torch's deterministic algorithms where it has them."""
+    from bounds import seed, threads
+
+    np.random.seed(seed())
     try:
+        import cv2
         import torch
 
-        torch.manual_seed(0)
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+        torch.manual_seed(seed())
+        torch.set_num_threads(threads())
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        cv2.setNumThreads(threads())
     except ImportError:  # pragma: no cover - torch is a hard dependency
         pass

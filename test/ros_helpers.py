@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 import skimage.data
 from apr_tiny import H, W, image_at, make_tiny_dataset, pose_at
+from bounds import seed, threads
 
 from visloc_core.geometry import PinholeCamera
 
@@ -47,14 +48,15 @@ TINY_TRAIN_CFG = {
             "hue": 0.0,
         },
     },
-    "train": {"epochs": 15, "lr": 1.0e-3, "progress_bar": False},
+    "train": {"epochs": 15, "lr": 1.0e-3, "progress_bar": False, "seed": seed()},
 }
 TINY_N_TRAIN = 40
 TINY_CAMERA = PinholeCamera(W, H, 50.0, 50.0, (W - 1) / 2, (H - 1) / 2)
 
 
 def _source_key() -> str:
-    h = hashlib.sha256(repr(TINY_TRAIN_CFG).encode() + str(TINY_N_TRAIN).encode())
+    # the seed is in the config; the thread count too: a suite run with 1 thread uses a model trained with 1
+    h = hashlib.sha256(repr(TINY_TRAIN_CFG).encode() + str(TINY_N_TRAIN).encode() + f"threads={threads()}".encode())
     # The files that define what this artifact computes (not the whole trainer: other engineers'
     # unrelated edits must not force a retrain in every session); a stale artifact that no longer
     # loads is retrained by trained_tiny_artifact().

@@ -24,6 +24,7 @@ import pytest
 import torch
 import yaml
 from apr_tiny import make_tiny_dataset
+from bounds import record, seed
 
 from visloc_core.cli import main as visloc_main
 from visloc_core.data.layout import Dataset
@@ -51,7 +52,7 @@ CFG = {
             "hue": 0.0,
         },
     },
-    "train": {"epochs": 16, "lr": 1.0e-3, "scheduler": "cosine", "progress_bar": False},
+    "train": {"epochs": 16, "lr": 1.0e-3, "scheduler": "cosine", "progress_bar": False, "seed": seed()},
 }
 
 
@@ -84,7 +85,10 @@ def test_loss_goes_down_and_beats_mean_pose(trained) -> None:
     rows = _read_metrics(trained["art"] / "metrics.csv")
     L_x, L_q = _column(rows, "train/L_x"), _column(rows, "train/L_q")
     assert len(L_x) == CFG["train"]["epochs"]
-    assert L_x[-1] < 0.5 * L_x[0] and L_q[-1] < 0.5 * L_q[0]
+    # references: the losses of the first epoch; the mean-pose predictor below. Bounds: the worst value of
+    # the seed x thread sweep (test/bound_sweep.py, docs/CONTRIBUTING.md) with the margin said
+    assert record("apr_training.loss_x_ratio", L_x[-1] / L_x[0]) < 0.5
+    assert record("apr_training.loss_q_ratio", L_q[-1] / L_q[0]) < 0.5
     ds, frames = _test_frames(trained["data"])
     loc = load_localizer(trained["art"])
     t_err, r_err = [], []
@@ -97,8 +101,9 @@ def test_loss_goes_down_and_beats_mean_pose(trained) -> None:
     # reference: always answering the mean training position / a fixed mid-path orientation
     gt = np.stack([f.T_world_cam[:3, 3] for f in frames])
     mean_err = np.linalg.norm(gt - gt.mean(axis=0), axis=1)
-    assert np.median(t_err) < 0.6 * np.median(mean_err)
-    assert np.median(r_err) < 0.6 * 10.0  # yaw spans +-20 deg: the mid-path yaw errs by 10 deg on median
+    assert record("apr_training.t_vs_mean_pose", np.median(t_err) / np.median(mean_err)) < 0.6
+    # yaw spans +-20 deg: the mid-path yaw errs by 10 deg on median
+    assert record("apr_training.r_vs_mid_yaw", np.median(r_err) / 10.0) < 0.6
 
 
 def test_artifact_round_trip_matches_in_memory_model(trained) -> None:
@@ -145,9 +150,11 @@ def test_covariance_scale_on_held_out_frames(trained) -> None:
     var = np.diag(loc.covariance_66)
     m_t = np.sqrt((np.array(dt) ** 2 / var[:3]).sum(axis=1))
     m_r = np.sqrt((np.array(dw) ** 2 / var[3:]).sum(axis=1))
-    for m in (m_t, m_r):
-        assert np.mean(m <= 3) >= 0.75
-        assert np.mean(m <= 1) <= 0.9
+    for what, m in (("t", m_t), ("r", m_r)):
+        # a 3-D Gaussian has 97 % within 3 sigma and 20 % within 1 sigma (chi-square, 3 dof); 10 held-out
+        # frames are few: the bounds leave room for that and the sweep's spread
+        assert record(f"apr_training.within_3_sigma_{what}", np.mean(m <= 3)) >= 0.75
+        assert record(f"apr_training.within_1_sigma_{what}", np.mean(m <= 1)) <= 0.9
         assert np.mean(m <= 1) <= np.mean(m <= 2) <= np.mean(m <= 3)
     cal = json.loads((trained["art"] / "artifact.json").read_text())["calibration"]
     assert cal["n_frames"] == 10 and len(cal["translation_var_m2"]) == 3
@@ -257,12 +264,19 @@ def test_localizer_preprocessing_follows_image_size_and_flags_other_optics(train
     img = ds.load_rgb(f)
     ref = loc.localize(img, f.camera, f.stamp_ns)
     assert ref.extras["focal_ratio"] == pytest.approx(1.0)
-    # the same view at twice the resolution (camera scaled with it) reaches the network identically
-    # up to resampling, and has the same optics
+    # The same view at twice the resolution (camera scaled with it) has the same optics, and reaches the
+    # network as the documented preprocessing makes it: INTER_AREA down to the trained size (this image's
+    # aspect is the trained one: no crop). Reference: that resize done here, bit for bit, and the pose of
+    # the model on it. (Not "the same pose as the original image": up- then down-sampling changes the
+    # pixels, and how much a trained model reacts to that is not a property of the preprocessing.)
     big = cv2.resize(img, (2 * img.shape[1], 2 * img.shape[0]), interpolation=cv2.INTER_LINEAR)
-    res = loc.localize(big, f.camera.resized(2 * f.camera.width, 2 * f.camera.height), f.stamp_ns)
+    cam2 = f.camera.resized(2 * f.camera.width, 2 * f.camera.height)
+    res = loc.localize(big, cam2, f.stamp_ns)
     assert res.extras["focal_ratio"] == pytest.approx(1.0)
-    assert np.linalg.norm(res.T_world_cam[:3, 3] - ref.T_world_cam[:3, 3]) < 0.1
+    small = cv2.resize(big, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_AREA)
+    expected = torch.from_numpy(small).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    assert torch.equal(loc.preprocess(big, cam2), expected)
+    np.testing.assert_allclose(res.T_world_cam, loc.localize(small, f.camera, f.stamp_ns).T_world_cam, atol=1e-9)
     # a wider lens (half the focal length) is reported: APR does not model intrinsics
     from dataclasses import replace
 

@@ -135,7 +135,8 @@ def test_top_level_help_names_the_nested_commands(capsys):
     "content, message",
     [
         ('{"kind": "slam"}', "unknown artifact kind 'slam'; known: apr, relpose"),
-        ('{"kind": "relpose"}', "the relpose artifact is incomplete (missing "),
+        ('{"kind": "relpose"}', "artifact.json has no format_version; the map is incomplete"),
+        ('{"kind": "relpose", "format_version": 1}', "the relpose artifact is incomplete (missing "),
         ("{not json", "artifact.json is not valid JSON"),
         ("[1, 2]", "has no 'kind'"),
     ],

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from bounds import record, seed
 
 from visloc_core.data.layout import Dataset, DatasetWriter
 from visloc_core.geometry import (
@@ -224,7 +225,7 @@ def test_tiny_overfit_drives_the_loss_down(tmp_path):
     from visloc_core.data.torch_dataset import ImageTransform
     from visloc_core.training.relpose_pairs import RelPosePairDataset
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed())
     ds = _write_dataset(tmp_path / "d", n=4)
     fr = ds.frames("train")
     pairs = [(0, 1), (1, 2), (2, 3), (3, 1)]
@@ -241,7 +242,8 @@ def test_tiny_overfit_drives_the_loss_down(tmp_path):
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    assert losses[-1] < 0.2 * losses[0], losses[::5]
+    # bound: the worst ratio over the seed x thread sweep (test/bound_sweep.py) x 1.5
+    assert record("relpose_net.overfit_loss_ratio", losses[-1] / losses[0]) < 0.2, losses[::5]
 
 
 # -------------------------------------------------------------------------------- trainer + checkpoint

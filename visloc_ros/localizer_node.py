@@ -184,6 +184,8 @@ class _Counters:
     rejected: int = 0
     bad_input: int = 0
     errors: int = 0
+    received_by_topic: dict = dataclasses.field(default_factory=dict)  # input topic -> messages received
+    bad_by_topic: dict = dataclasses.field(default_factory=dict)  # input topic -> messages refused (bad_input)
     tf_skipped: int = 0
     odom_ignored: int = 0
     semantic_missing: int = 0
@@ -464,6 +466,7 @@ class LocalizerNode(LifecycleNode):
         now = time.monotonic()
         with self._lock:
             self._counts.received += 1
+            self._count_received("image")
         self._last_frame_mono = now
         stamp = rosmsg.stamp_ns(msg.header)
         if stamp > 0:
@@ -472,12 +475,17 @@ class LocalizerNode(LifecycleNode):
             with self._lock:
                 self._counts.dropped += 1
 
+    def _count_received(self, topic: str) -> None:  # (holding self._lock)
+        self._counts.received_by_topic[topic] = self._counts.received_by_topic.get(topic, 0) + 1
+
     def _on_semantic(self, msg: Image) -> None:
+        with self._lock:
+            self._count_received("semantic")
         stamp_ns = rosmsg.stamp_ns(msg.header)
         try:
             classes = rosmsg.class_ids(msg, int(self._p("max_image_pixels")))
         except MalformedMessageError as err:
-            self._bad_input(f"class map dropped: {err} (stamp {stamp_ns} ns)", f"class map: {err.reason}")
+            self._bad_input(f"class map dropped: {err} (stamp {stamp_ns} ns)", f"semantic: {err.reason}")
             return
         with self._semantic_cv:
             self._semantic_maps[stamp_ns] = classes
@@ -497,6 +505,8 @@ class LocalizerNode(LifecycleNode):
             return self._semantic_maps.pop(stamp_ns)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
+        with self._lock:
+            self._count_received("camera_info")
         key = (msg.width, msg.height, tuple(msg.k), tuple(msg.d), msg.distortion_model, msg.binning_x,
                msg.binning_y, msg.roi.width, msg.roi.height)  # fmt: skip
         if key == self._camera_info_key and self._camera is not None:
@@ -511,9 +521,14 @@ class LocalizerNode(LifecycleNode):
         self._camera, self._camera_info_key, self._camera_error = cam, key, ""
 
     def _on_initialpose(self, msg: PoseWithCovarianceStamped) -> None:
+        with self._lock:
+            self._count_received("initialpose")
         frame = msg.header.frame_id
         if frame and frame != self._p("map_frame"):
-            self._bad_input(f"initialpose in frame {frame!r} ignored: must be in {self._p('map_frame')!r}")
+            self._bad_input(
+                f"initialpose in frame {frame!r} ignored: must be in {self._p('map_frame')!r}",
+                "initialpose: wrong frame",
+            )
             return
         try:
             T_map_out = rosmsg.T_from_pose(msg.pose.pose)
@@ -525,31 +540,37 @@ class LocalizerNode(LifecycleNode):
         self.get_logger().info(f"initialpose received: prior at {np.round(T_map_out[:3, 3], 2).tolist()} m")
 
     def _on_odom(self, msg: Odometry) -> None:
+        with self._lock:
+            self._count_received("odom")
         odom_frame, base_frame = self._p("odom_frame"), self._p("base_frame")
         if msg.header.frame_id and msg.header.frame_id != odom_frame:
-            self._bad_input(f"odometry in frame {msg.header.frame_id!r} ignored: odom_frame is {odom_frame!r}")
+            self._odom_ignored(
+                f"odometry in frame {msg.header.frame_id!r} ignored: odom_frame is {odom_frame!r}", "wrong frame"
+            )
             return
         if msg.child_frame_id and msg.child_frame_id != base_frame:
-            self._bad_input(f"odometry of {msg.child_frame_id!r} ignored: base_frame is {base_frame!r}")
+            self._odom_ignored(
+                f"odometry of {msg.child_frame_id!r} ignored: base_frame is {base_frame!r}", "wrong child frame"
+            )
             return
         try:
             stamp = rosmsg.checked_stamp_ns(msg.header, "odometry")
             T_odom_base = rosmsg.T_from_pose(msg.pose.pose)
         except MalformedMessageError as err:
-            self._odom_ignored(f"odometry ignored: {err}")
+            self._odom_ignored(f"odometry ignored: {err}", err.reason)
             return
         why = self._image_clock.implausible(stamp, "odometry")
         if why is not None:
-            self._odom_ignored(why)
+            self._odom_ignored(why, "stamp far from the image clock")
             return
         note = self._odom.add(stamp, T_odom_base)
         if note is not None:
-            self._odom_ignored(f"odometry {note}")
+            self._odom_ignored(f"odometry {note}", note.split(":")[0])
 
-    def _odom_ignored(self, what: str) -> None:
+    def _odom_ignored(self, what: str, reason: str) -> None:
         with self._lock:
             self._counts.odom_ignored += 1
-        self._bad_input(what)
+        self._bad_input(what, f"odom: {reason}")
 
     def _on_relocalize(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         if self.localizer is None:
@@ -661,7 +682,10 @@ class LocalizerNode(LifecycleNode):
         if self._p("semantic") and self.localizer.uses_semantics:
             classes = self._semantic_for(stamp_ns)
             if classes is not None and classes.shape != (h, w):
-                self._bad_input(f"class map at {stamp_ns} ns is {classes.shape[1]}x{classes.shape[0]}, image {w}x{h}")
+                self._bad_input(
+                    f"class map at {stamp_ns} ns is {classes.shape[1]}x{classes.shape[0]}, image {w}x{h}",
+                    "semantic: size differs from the image",
+                )
                 classes = None
             if classes is None:
                 with self._lock:
@@ -747,10 +771,13 @@ class LocalizerNode(LifecycleNode):
 
     # ----------------------------------------------------------------------------- diagnostics
 
-    def _bad_input(self, what: str, reason: str | None = None) -> None:
-        """Count one refused input; ``what`` is the line shown, ``reason`` its countable category."""
+    def _bad_input(self, what: str, reason: str) -> None:
+        """Count one refused input; ``what`` is the line shown, ``reason`` its countable category,
+        "TOPIC: category" (the topic's bad_input count is kept too)."""
+        topic = reason.split(":", 1)[0]
         with self._lock:
             self._counts.bad_input += 1
+            self._counts.bad_by_topic[topic] = self._counts.bad_by_topic.get(topic, 0) + 1
             self._counts.last_error = what
         self._problems.record("bad_input", what, reason)
         self.get_logger().warning(f"bad input: {what}", throttle_duration_sec=1.0)
@@ -793,6 +820,7 @@ class LocalizerNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         with self._lock:
             c = dataclasses.replace(self._counts)
+            c.received_by_topic, c.bad_by_topic = dict(c.received_by_topic), dict(c.bad_by_topic)
         now = time.monotonic()
         prev_received, prev_processed, prev_t = self._prev_counts
         dt = max(now - prev_t, 1e-6)
@@ -829,6 +857,8 @@ class LocalizerNode(LifecycleNode):
             "bad_input_recent": recent.get("bad_input", 0),
             "errors_recent": recent.get("error", 0),
             "problems_by_reason": self._problems.reasons_text(),
+            "received_by_topic": _kv(c.received_by_topic),
+            "bad_input_by_topic": _kv(c.bad_by_topic),
             "tf_skipped": c.tf_skipped,
             "odom_ignored": c.odom_ignored,
             "semantic_missing": c.semantic_missing,
@@ -845,6 +875,11 @@ class LocalizerNode(LifecycleNode):
         array.header.stamp = self.get_clock().now().to_msg()
         array.status = [status]
         self._diag_pub.publish(array)
+
+
+def _kv(d: dict) -> str:
+    """{'image': 3, 'odom': 1} -> 'image=3; odom=1' (a /diagnostics value)."""
+    return "; ".join(f"{k}={v}" for k, v in sorted(d.items()))
 
 
 def _result_msg_type():

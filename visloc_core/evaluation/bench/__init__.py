@@ -13,4 +13,5 @@ BENCHMARKS: dict[str, str] = {
     "node": "visloc_ros.bench_node",  # node end-to-end latency vs the model's own inference (target <= 1.10x); memory over 10k frames
     "relpose": "relpose",  # relpose localizer vs OpenCV SIFT + essential RANSAC on the same queries (target >= 10x)
     "models": "models",  # parameter count and CPU inference time of every APR model
+    "robustness": "visloc_ros.bench_robustness",  # fuzz + soak of the node, kill -9 of every writer, artifact corruption
 }

@@ -290,7 +290,9 @@ REBUILD = "rebuild the map with `visloc map build` (or restore it from a copy)"
 
 def check_map_integrity(artifact_dir: Path, meta: dict) -> None:
     """format_version this visloc reads, and every file as written (visloc_core.integrity), or ArtifactError."""
-    version = meta.get("format_version", 0)
+    if "format_version" not in meta:
+        raise ArtifactError(f"{artifact_dir / 'artifact.json'} has no format_version; the map is incomplete: {REBUILD}")
+    version = meta["format_version"]
     if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise ArtifactError(
             f"{artifact_dir / 'artifact.json'}: format_version {version!r} is not one this visloc reads "

@@ -161,7 +161,9 @@ def check_apr_integrity(path: Path, meta: dict) -> list[SceneStats]:
     required keys, checksums of every file, finite normalisation and calibration. Returns the scenes;
     raises :class:`~visloc_core.integrity.ArtifactError`."""
     meta_file = path / "artifact.json"
-    version = meta.get("format_version", 0)
+    if "format_version" not in meta:
+        raise ArtifactError(f"{meta_file} has no format_version; the artifact is incomplete: {RETRAIN}")
+    version = meta["format_version"]
     if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise ArtifactError(
             f"{meta_file}: format_version {version!r} is not one this visloc reads (1..{FORMAT_VERSION}): "
