@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.umask(0o022)  # outputs get the umask's modes (visloc_core.atomic): tests check 0755 / 0644
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,15 @@ def test_the_intact_artifacts_load(artifacts):
     for art, _ in artifacts.values():
         assert json.loads((art / "artifact.json").read_text())["files"]  # checksums recorded
         load_localizer(art)
+
+
+def test_datasets_bags_maps_and_artifacts_are_written_0755(artifacts, tmp_path):
+    """(issue 10k) they came out drwx------ (tempfile.mkdtemp) except maps; umask 022 is set by conftest."""
+    bag, _, _ = write_tiny_bag(tmp_path / "bag", np.linspace(0.1, 0.9, 3))
+    for path in (artifacts["relpose"][0], artifacts["relpose"][1], artifacts["apr"][1], trained_tiny_artifact(), bag):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o755, path
+        files = [p for p in path.rglob("*") if p.is_file()]
+        assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in files), path
 
 
 @pytest.mark.parametrize("kind, name, corrupt, words", CASES, ids=IDS)

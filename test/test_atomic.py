@@ -235,3 +235,45 @@ def test_a_folder_its_writer_creates_keeps_its_name(tmp_path):
         p.mkdir()
         (p / "bag.mcap").write_text("x")
     assert sorted(os.listdir(out)) == ["bag.mcap"] and sorted(os.listdir(tmp_path)) == ["bag"]
+
+
+def _hold_lock(path) -> subprocess.Popen:
+    """Another process writing ``path`` (it holds its lock until stdin closes)."""
+    holder = subprocess.Popen(
+        [PY, "-c", f"from visloc_core import atomic\nwith atomic.output_lock({str(path)!r}):\n input()"],
+        stdin=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not atomic.lock_path_for(path).exists() or not atomic.lock_path_for(path).read_text().strip():
+        assert time.monotonic() < deadline and holder.poll() is None, "the holder did not start"
+        time.sleep(0.05)
+    return holder
+
+
+def test_two_map_builds_and_two_trainings_into_one_output_fail_fast(tmp_path, capsys):
+    """The attack: two `visloc map build` into one --out both exited 0 (the later replaced the earlier);
+    two `visloc train` shared OUT.train/checkpoints. Now the second one stops at once, naming the first."""
+    from apr_tiny import make_tiny_dataset
+
+    from visloc_core.cli import main
+
+    data = make_tiny_dataset(tmp_path / "ds", n_train=4)
+    cfg = tmp_path / "posenet.yaml"
+    cfg.write_text("model: {name: posenet, backbone: mobilenet_v2, pretrained: false}\ntrain: {epochs: 1}\n")
+    runs = [
+        (["map", "build", "config/models/relpose_sift.yaml", "--data", str(data), "--out", str(tmp_path / "map")],
+         tmp_path / "map"),
+        (["train", str(cfg), "--data", str(data), "--out", str(tmp_path / "apr")], tmp_path / "apr"),
+        (["train", str(cfg), "--data", str(data), "--out", str(tmp_path / "apr2"), "--work-dir", str(tmp_path / "w")],
+         tmp_path / "w"),
+    ]  # fmt: skip
+    for argv, locked in runs:
+        holder = _hold_lock(locked)
+        try:
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and f"{locked} is being written by another process (pid {holder.pid}" in err
+        finally:
+            holder.communicate("\n", timeout=60)
+        assert not any(p.name.startswith((".map.partial", ".apr.partial")) for p in tmp_path.iterdir())

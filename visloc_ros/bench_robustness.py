@@ -162,7 +162,8 @@ class _NodeUnderTest:
         cmd = [sys.executable, "-m", "visloc_ros.localizer_node", "--ros-args", "--params-file", str(pfile)]
         self.log_path = work / f"node_{id(self)}.log"
         self.proc = NodeProcess(cmd, self.log_path)
-        if not rclpy.ok():
+        self._started_rclpy = not rclpy.ok()
+        if self._started_rclpy:
             rclpy.init()
         self.node = rclpy.create_node(f"visloc_robustness_probe_{os.getpid()}")
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
@@ -189,6 +190,7 @@ class _NodeUnderTest:
         deadline = time.monotonic() + 180
         while not all(p.get_subscription_count() > 0 for p in self.pubs.values()):
             if not self.proc.alive() or time.monotonic() > deadline:
+                self.close()
                 raise RuntimeError(f"the node did not start; see {self.log_path}")
             time.sleep(0.05)
 
@@ -217,10 +219,14 @@ class _NodeUnderTest:
         return False
 
     def close(self) -> int:
+        import rclpy
+
         rc = self.proc.stop()
         self.executor.shutdown(timeout_sec=2.0)
         self.thread.join(timeout=5.0)
         self.node.destroy_node()
+        if self._started_rclpy:
+            rclpy.try_shutdown()
         return rc
 
 
