@@ -29,3 +29,21 @@ def _seeded() -> None:
         cv2.setNumThreads(threads())
     except ImportError:  # pragma: no cover - torch is a hard dependency
         pass
+
+
+@pytest.fixture(scope="module")
+def ros():
+    """rclpy initialised for the ROS tests of one module (real DDS)."""
+    import rclpy
+
+    rclpy.init()
+    yield
+    rclpy.try_shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_artifact():
+    """The trained tiny APR artifact of test/ros_helpers.py (cached across runs)."""
+    from ros_helpers import trained_tiny_artifact
+
+    return trained_tiny_artifact()

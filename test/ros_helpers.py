@@ -92,6 +92,20 @@ def trained_tiny_artifact() -> Path:
     return out
 
 
+def blocking_localizer(node, timeout_s: float = 120.0) -> threading.Event:
+    """Make ``node``'s localizer wait for the returned event before each localization: a slow model, as a
+    test double of TIMING only (the node, its worker and DDS stay real)."""
+    release = threading.Event()
+    real = node.localizer.localize
+
+    def blocked(image, camera, stamp_ns, prior=None):
+        release.wait(timeout_s)
+        return real(image, camera, stamp_ns, prior)
+
+    node.localizer.localize = blocked
+    return release
+
+
 def tiny_texture() -> np.ndarray:
     return cv2.resize(skimage.data.astronaut(), (384, 192), interpolation=cv2.INTER_AREA)
 

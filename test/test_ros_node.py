@@ -7,15 +7,13 @@ computed analytically), the input stamps and configured frame names.
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 import rclpy
 from bounds import record
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
-from ros_helpers import TINY_CAMERA, Probe, tiny_frames, trained_tiny_artifact
+from ros_helpers import TINY_CAMERA, Probe, blocking_localizer, tiny_frames, trained_tiny_artifact
 from std_srvs.srv import Trigger
 
 from visloc_core.data import messages as rosmsg
@@ -300,14 +298,7 @@ def test_newest_frame_policy_drops_stale_frames(session_factory):
     """While the worker is busy, 9 more frames arrive: only the newest is processed, 8 are counted dropped."""
     s = session_factory()
     s.send_camera_info()
-    release = threading.Event()
-    real = s.node.localizer.localize
-
-    def slow(image, camera, stamp_ns, prior=None):
-        release.wait(30.0)
-        return real(image, camera, stamp_ns, prior)
-
-    s.node.localizer.localize = slow
+    release = blocking_localizer(s.node, 30.0)
     img, _ = tiny_frames([0.5])[0]
     t0 = 5_000_000_000_000
     s.probe.image_pub.publish(conv.rgb_to_image(img, "rgb8", t0))

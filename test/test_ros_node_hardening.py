@@ -15,64 +15,40 @@ import zlib
 
 import numpy as np
 import pytest
-import rclpy
 from nav_msgs.msg import Odometry
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from ros_helpers import TINY_CAMERA, Probe, tiny_frames, trained_tiny_artifact
+from ros_helpers import TINY_CAMERA, blocking_localizer, tiny_frames
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
+from test_ros_node import Session as NodeSession
 
 from visloc_core.data import messages as rosmsg
 from visloc_core.geometry import PinholeCamera
 from visloc_core.localizers.base import Status
 from visloc_ros import conversions as conv
-from visloc_ros.localizer_node import LocalizerNode
 
 
-@pytest.fixture(scope="module")
-def artifact():
-    return trained_tiny_artifact()
+class Session(NodeSession):
+    """test_ros_node's node-under-test + probe, with a faster /diagnostics and a wait for bad input."""
 
-
-@pytest.fixture(scope="module")
-def ros():
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
-
-
-class Session:
     def __init__(self, artifact, compressed: bool = False, **params) -> None:
-        overrides = {"model": str(artifact), "diagnostics_period_s": 0.1, **params, "compressed": compressed}
-        self.node = LocalizerNode(
-            parameter_overrides=[rclpy.parameter.Parameter(k, value=v) for k, v in overrides.items()]
-        )
-        self.probe = Probe(compressed=compressed)
-        assert self.node.autostart(), "configure/activate failed"
-        self.probe.start(self.node)
-        self.probe.wait_connected()
+        super().__init__(artifact, compressed=compressed, **{"diagnostics_period_s": 0.1, **params})
 
     def camera_info(self, camera=TINY_CAMERA) -> None:
-        self.probe.info_pub.publish(conv.camera_to_camera_info(camera, 0, "cam_opt"))
-        self.probe.wait_for(lambda: self.node._camera is not None, what="camera_info at the node")
+        self.send_camera_info(camera)
 
     def bad_after(self, n: int, what: str) -> str:
         self.probe.wait_for(lambda: self.node.counters()["bad_input"] >= n, what=what)
         return self.node.counters()["last_error"]
 
-    def close(self) -> None:
-        self.node.stop()
-        self.probe.stop()
-        self.node.destroy_node()
-
 
 @pytest.fixture
-def session(ros, artifact):
+def session(ros, tiny_artifact):
     made = []
 
     def make(**kw) -> Session:
-        made.append(Session(artifact, **kw))
+        made.append(Session(tiny_artifact, **kw))
         return made[-1]
 
     yield make
@@ -224,14 +200,7 @@ def test_publishers_without_images_are_reported(session):
 def test_deactivate_with_a_frame_in_flight_never_gives_two_workers(session):
     s = session(transition_timeout_s=0.3)
     s.camera_info()
-    release = threading.Event()
-    real = s.node.localizer.localize
-
-    def blocked(image, camera, stamp_ns, prior=None):  # a model call that takes "forever"
-        release.wait(120.0)
-        return real(image, camera, stamp_ns, prior)
-
-    s.node.localizer.localize = blocked
+    release = blocking_localizer(s.node)  # a model call that takes "forever"
     img, _ = tiny_frames([0.5])[0]
     t0 = 2_000_000_000_000
     s.probe.image_pub.publish(conv.rgb_to_image(img, "rgb8", t0))

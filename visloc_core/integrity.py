@@ -27,6 +27,19 @@ class ArtifactError(ValueError):
     """An artifact that cannot be used; the message names the file and what to do (one line)."""
 
 
+def check_format_version(meta: dict, meta_file: Path, newest: int, remedy: str, what: str = "artifact") -> int:
+    """The metadata's format_version, or ArtifactError when it is missing or not one of 1..newest."""
+    if "format_version" not in meta:
+        raise ArtifactError(f"{meta_file} has no format_version; the {what} is incomplete: {remedy}")
+    version = meta["format_version"]
+    if not isinstance(version, int) or not 1 <= version <= newest:
+        raise ArtifactError(
+            f"{meta_file}: format_version {version!r} is not one this visloc reads (1..{newest}): upgrade visloc, "
+            f"or {remedy}"
+        )
+    return version
+
+
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -36,7 +36,7 @@ import yaml
 from ...atomic import atomic_folder
 from ...data.layout import Dataset, FrameRecord
 from ...geometry import PinholeCamera
-from ...integrity import ArtifactError, file_digests, verify_files
+from ...integrity import ArtifactError, check_format_version, file_digests, verify_files
 from ...yaml_io import load_yaml_file
 from ..loading import check_device
 from .base import RELPOSE_ESTIMATORS, Keyframe
@@ -290,14 +290,7 @@ REBUILD = "rebuild the map with `visloc map build` (or restore it from a copy)"
 
 def check_map_integrity(artifact_dir: Path, meta: dict) -> None:
     """format_version this visloc reads, and every file as written (visloc_core.integrity), or ArtifactError."""
-    if "format_version" not in meta:
-        raise ArtifactError(f"{artifact_dir / 'artifact.json'} has no format_version; the map is incomplete: {REBUILD}")
-    version = meta["format_version"]
-    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
-        raise ArtifactError(
-            f"{artifact_dir / 'artifact.json'}: format_version {version!r} is not one this visloc reads "
-            f"(1..{FORMAT_VERSION}): upgrade visloc, or {REBUILD}"
-        )
+    check_format_version(meta, artifact_dir / "artifact.json", FORMAT_VERSION, REBUILD, "map")
     verify_files(artifact_dir, meta, REBUILD)
 
 

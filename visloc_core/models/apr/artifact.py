@@ -33,7 +33,7 @@ import torch
 import yaml
 
 from ...atomic import atomic_folder
-from ...integrity import ArtifactError, file_digests, verify_files
+from ...integrity import ArtifactError, check_format_version, file_digests, verify_files
 from ..registry import SceneSpec, build_apr_model
 
 ARTIFACT_KIND = "apr"
@@ -161,14 +161,7 @@ def check_apr_integrity(path: Path, meta: dict) -> list[SceneStats]:
     required keys, checksums of every file, finite normalisation and calibration. Returns the scenes;
     raises :class:`~visloc_core.integrity.ArtifactError`."""
     meta_file = path / "artifact.json"
-    if "format_version" not in meta:
-        raise ArtifactError(f"{meta_file} has no format_version; the artifact is incomplete: {RETRAIN}")
-    version = meta["format_version"]
-    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
-        raise ArtifactError(
-            f"{meta_file}: format_version {version!r} is not one this visloc reads (1..{FORMAT_VERSION}): "
-            f"upgrade visloc, or {RETRAIN}"
-        )
+    check_format_version(meta, meta_file, FORMAT_VERSION, RETRAIN)
     for key in ("scenes", "calibration", "image"):
         if key not in meta:
             raise ArtifactError(f"{meta_file} has no {key!r}; the artifact is incomplete: {RETRAIN}")
