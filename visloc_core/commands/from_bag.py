@@ -110,6 +110,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="time of each message: its header stamp (default), or when the bag recorded it ('bag', for "
         "drivers that leave header stamps at zero; recording delays then shift the poses)",
     )
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=40_000_000,
+        help="images with more pixels are refused (counted) from their header, before decoding (default 40e6)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -153,6 +159,7 @@ def options_from_args(args: argparse.Namespace):
         condition=args.condition,
         png_level=args.png_level,
         stamps=getattr(args, "stamps", "header"),
+        max_image_pixels=getattr(args, "max_image_pixels", 40_000_000),
     )
 
 

@@ -13,7 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Build a relpose map artifact from a dataset split: global descriptors of the mapping images, a "
         "faiss index, keyframes with poses and intrinsics, cached local features and depth. The result "
         "folder is loadable by `visloc eval`, `visloc replay` and the localizer node on its own. Written "
-        "atomically: an interrupted build leaves ARTIFACT untouched (the partial folder is kept beside it)."
+        "atomically: an interrupted build leaves ARTIFACT untouched (Ctrl-C keeps the partial folder beside it as "
+        ".ARTIFACT.interrupted-PID; a killed build's temporaries are removed by the next); a second build into the "
+        "same ARTIFACT stops at once. Every file's checksum is recorded and verified at load."
     )
     parser.add_argument("config", help="relpose config YAML (e.g. config/models/relpose_xfeat.yaml)")
     parser.add_argument("--data", required=True, help="dataset folder in the visloc layout")
