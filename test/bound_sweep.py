@@ -27,6 +27,7 @@ TESTS = [
     "test/test_ros_replay.py::test_replay_sqlite3_raw_lockstep",
     "test/test_ros_replay.py::test_replay_mcap_compressed",
 ]
+ROS_TESTS = [t for t in TESTS if "test_ros_" in t]
 
 
 def main() -> int:
@@ -34,8 +35,11 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--out", default="runs/bound_sweep", help="folder for the recorded values and logs")
-    ap.add_argument("tests", nargs="*", default=TESTS, help="pytest node ids (default: every recording test)")
+    ap.add_argument("--cache", help="cache of trained test artifacts (default OUT/cache; share it between sweeps)")
+    ap.add_argument("--ros-only", action="store_true", help="only the tests through the node")
+    ap.add_argument("tests", nargs="*", default=None, help="pytest node ids (default: every recording test)")
     args = ap.parse_args()
+    args.tests = args.tests or (ROS_TESTS if args.ros_only else TESTS)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     values = out / "values.jsonl"
@@ -43,7 +47,7 @@ def main() -> int:
         for seed in args.seeds:
             env = dict(os.environ, VISLOC_TEST_SEED=str(seed), OMP_NUM_THREADS=str(threads),
                        MKL_NUM_THREADS=str(threads), VISLOC_RECORD_METRICS=str(values.resolve()),
-                       XDG_CACHE_HOME=str((out / "cache").resolve()))  # fmt: skip
+                       XDG_CACHE_HOME=str(Path(args.cache or out / "cache").resolve()))  # fmt: skip
             log = out / f"seed{seed}_threads{threads}.log"
             print(f"seed {seed}, {threads} thread(s) ...", flush=True)
             with open(log, "w") as f:
@@ -54,7 +58,7 @@ def main() -> int:
     for line in values.read_text().splitlines():
         r = json.loads(line)
         rows[r["name"]].append((r["value"], r["seed"], r["threads"]))
-    print(f"\n{'value':45s} {'n':>3s} {'min':>9s} {'max':>9s}  worst run")
+    print(f"\n{'value':45s} {'n':>3s} {'min':>9s} {'max':>9s}")
     for name in sorted(rows):
         vals = rows[name]
         lo, hi = min(v for v, *_ in vals), max(v for v, *_ in vals)

@@ -106,6 +106,13 @@ def blocking_localizer(node, timeout_s: float = 120.0) -> threading.Event:
     return release
 
 
+def mean_pose_error(T_gt) -> float:
+    """Median position error of always answering the mean position of these true poses: the reference of a
+    model that learned nothing."""
+    gt = np.stack(T_gt)[:, :3, 3]
+    return float(np.median(np.linalg.norm(gt - gt.mean(axis=0), axis=1)))
+
+
 def tiny_texture() -> np.ndarray:
     return cv2.resize(skimage.data.astronaut(), (384, 192), interpolation=cv2.INTER_AREA)
 

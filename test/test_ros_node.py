@@ -13,7 +13,7 @@ import rclpy
 from bounds import record
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
-from ros_helpers import TINY_CAMERA, Probe, blocking_localizer, tiny_frames, trained_tiny_artifact
+from ros_helpers import TINY_CAMERA, Probe, blocking_localizer, mean_pose_error, tiny_frames, trained_tiny_artifact
 from std_srvs.srv import Trigger
 
 from visloc_core.data import messages as rosmsg
@@ -94,9 +94,11 @@ def session_factory(ros, artifact):
         s.close()
 
 
-def test_localizes_sequence_with_input_stamps_and_frames(session_factory):
-    """Held-out views: poses within the trained model's accuracy, stamped like the input, frame 'world_map'."""
-    s = session_factory(map_frame="world_map", base_frame="")
+def test_localizes_sequence_with_input_stamps_and_frames(session_factory, artifact):
+    """Held-out views: the node publishes exactly what the model says, stamped like the input, in frame
+    'world_map'. (The sanity gate is off here: whether a model's jump between two frames exceeds it
+    depends on the trained model; the gate has its own tests below.)"""
+    s = session_factory(map_frame="world_map", base_frame="", max_jump_m=0.0)
     s.send_camera_info()
     frames = tiny_frames(np.linspace(0.1, 0.9, 6) + 0.013)  # between training views
     stamps = [1_700_000_000_123_456_789 + i * 100_000_000 for i in range(len(frames))]
@@ -110,14 +112,15 @@ def test_localizes_sequence_with_input_stamps_and_frames(session_factory):
     assert {m.header.frame_id for m in results + poses} == {"world_map"}
     assert all(m.status == m.LOCALIZED and m.method == "apr/posenet" for m in results)
     T_est = np.stack([rosmsg.T_from_pose(m.pose) for m in poses])
-    T_gt = np.stack([gt for _, gt in frames])
-    t_err, r_err = pose_errors(T_est, T_gt)
-    # The tiny model's held-out accuracy on this 2 m path (validation median ~0.06 m / 1.2 deg); a model
-    # that learned nothing predicts the mean pose: median ~0.5 m, worst ~0.8 m / 16 deg.
-    # Bounds: the worst of the seed x thread sweep (test/bound_sweep.py, docs/CONTRIBUTING.md) with margin.
-    assert record("ros_node.median_t_m", np.median(t_err)) < 0.2
-    assert record("ros_node.max_t_m", np.max(t_err)) < 0.5
-    assert record("ros_node.max_r_deg", np.max(r_err)) < 8.0, (t_err, r_err)
+    # reference: the localizer itself on the same images (bgr8 decodes bit-exactly)
+    loc = load_localizer(artifact)
+    np.testing.assert_allclose(T_est, np.stack([loc.localize(img, TINY_CAMERA, 0).T_world_cam for img, _ in frames]),
+                               atol=1e-6)  # fmt: skip
+    # and it learned something: better than always answering the mean pose of these views (the model's own
+    # accuracy is test_apr_training's subject). Bound: the sweep's worst ratio (test/bound_sweep.py) x 1.5.
+    T_gt = [gt for _, gt in frames]
+    t_err, _ = pose_errors(T_est, np.stack(T_gt))
+    assert record("ros_node.t_vs_mean_pose", np.median(t_err) / mean_pose_error(T_gt)) < 0.6
     # pose_with_covariance is latched (transient local, depth 1): the last pose, with the artifact's covariance
     s.probe.wait_for(lambda: s.probe.count("pose_with_covariance") >= 1)
     last = s.probe.get("pose_with_covariance")[-1]
@@ -317,7 +320,7 @@ def test_newest_frame_policy_drops_stale_frames(session_factory):
 
 
 def test_compressed_input(session_factory):
-    s = session_factory(compressed=True)
+    s = session_factory(compressed=True, max_jump_m=0.0)  # the gate is not the subject here
     s.send_camera_info()
     frames = tiny_frames([0.3, 0.6])
     for k, (img, _) in enumerate(frames):

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from bounds import record
-from ros_helpers import TINY_CAMERA, tiny_frames, trained_tiny_artifact, write_tiny_bag
+from ros_helpers import TINY_CAMERA, mean_pose_error, tiny_frames, trained_tiny_artifact, write_tiny_bag
 
 from visloc_core.data.layout import DatasetWriter
 from visloc_core.evaluation.report import read_frames_csv
@@ -19,6 +19,7 @@ from visloc_core.localizers.loading import load_localizer
 from visloc_ros.replay import ReplayOptions, replay, static_chain
 
 S_VALUES = np.linspace(0.05, 0.95, 8) + 0.013  # held-out views between training poses
+NO_GATE = {"max_jump_m": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,9 @@ def _est_poses(frames_csv) -> np.ndarray:
 
 def test_replay_sqlite3_raw_lockstep(tmp_path, artifact):
     bag, stamps, T_gt = write_tiny_bag(tmp_path / "query", S_VALUES, storage="sqlite3")
-    report = replay(ReplayOptions(bag=bag, artifact=artifact, out=tmp_path / "report", wait=True))
+    # the sanity gate off: whether the model jumps more than its bound between two frames depends on
+    # the trained model, and the gate has its own tests (test_ros_node.py)
+    report = replay(ReplayOptions(bag=bag, artifact=artifact, out=tmp_path / "report", wait=True, node_params=NO_GATE))
     assert report["n_frames"] == len(stamps) and report["n_localized"] == len(stamps)
     T_est, rows = _est_poses(tmp_path / "report" / "frames.csv")
     assert [int(r["stamp_ns"]) for r in rows] == stamps
@@ -53,9 +56,8 @@ def test_replay_sqlite3_raw_lockstep(tmp_path, artifact):
     t_err, r_err = pose_errors(T_ref, np.stack(T_gt))
     np.testing.assert_allclose([float(r["t_err_m"]) for r in rows], t_err, atol=1e-5)
     np.testing.assert_allclose([float(r["r_err_deg"]) for r in rows], r_err, atol=1e-3)
-    # bounds: the worst of the seed x thread sweep (test/bound_sweep.py) with margin
-    assert record("ros_replay.median_t_m", report["median_translation_m"]) < 0.2
-    assert record("ros_replay.median_r_deg", report["median_rotation_deg"]) < 4.0
+    # it learned something: better than the mean pose of these views; bound: the sweep's worst x 1.5
+    assert record("ros_replay.t_vs_mean_pose", report["median_translation_m"] / mean_pose_error(T_gt)) < 0.6
     on_disk = json.loads((tmp_path / "report" / "report.json").read_text())
     r = on_disk["meta"]["replay"]
     assert r["frames_published"] == r["frames_answered"] == len(stamps)
@@ -74,7 +76,9 @@ def test_replay_mcap_compressed(tmp_path, artifact):
             w.add_frame("line", "query", f"{k:04d}", stamp, T, TINY_CAMERA, img)
         w.set_split("test", ["line/query"])
     report = replay(
-        ReplayOptions(bag=bag, artifact=artifact, out=tmp_path / "report", wait=True, data=tmp_path / "truth")
+        ReplayOptions(
+            bag=bag, artifact=artifact, out=tmp_path / "report", wait=True, data=tmp_path / "truth", node_params=NO_GATE
+        )
     )
     assert report["n_frames"] == 5 and report["n_localized"] == 5
     T_est, rows = _est_poses(tmp_path / "report" / "frames.csv")
@@ -93,7 +97,8 @@ def test_replay_mcap_compressed(tmp_path, artifact):
     np.testing.assert_allclose(T_est, np.stack(T_ref), atol=1e-5)
     t_err, _ = pose_errors(T_est, np.stack(T_gt))
     np.testing.assert_allclose([float(r["t_err_m"]) for r in rows], t_err, atol=1e-5)
-    assert record("ros_replay.jpeg_median_t_m", np.median(t_err)) < 0.3  # JPEG q90 at 64x48 costs some accuracy
+    # JPEG q90 at 64x48 costs some accuracy; still better than the mean pose (bound: the sweep's worst x 1.5)
+    assert record("ros_replay.jpeg_t_vs_mean_pose", np.median(t_err) / mean_pose_error(T_gt)) < 0.7
     assert "truth" in report["meta"]["replay"]["ground_truth"]
 
 
