@@ -56,6 +56,10 @@ CFG = {
 }
 
 
+# bound = sweep worst + (1 - sweep worst) / 2 (see test_loss_goes_down_and_beats_mean_pose); BOUND_SWEEP_VALUES
+BOUNDS = {"loss_x_ratio": 0.85, "loss_q_ratio": 0.75, "t_vs_mean_pose": 0.75, "r_vs_mid_yaw": 0.75}
+
+
 def _read_metrics(path: Path) -> list[dict]:
     with open(path) as f:
         return list(csv.DictReader(f))
@@ -82,13 +86,13 @@ def _test_frames(data: Path):
 
 
 def test_loss_goes_down_and_beats_mean_pose(trained) -> None:
+    """References: the losses of the first epoch, the mean-pose predictor, a fixed mid-path orientation.
+    Bounds (BOUNDS below): the worst of `python test/bound_sweep.py` (5 seeds x 1 and 2 threads) plus half
+    the way from it to the reference (1.0 = no better than the reference), so a test fails only when the
+    model loses half of the margin its worst sweep run still had."""
     rows = _read_metrics(trained["art"] / "metrics.csv")
     L_x, L_q = _column(rows, "train/L_x"), _column(rows, "train/L_q")
     assert len(L_x) == CFG["train"]["epochs"]
-    # references: the losses of the first epoch; the mean-pose predictor below. Bounds: the worst value of
-    # the seed x thread sweep (test/bound_sweep.py, docs/CONTRIBUTING.md) with the margin said
-    assert record("apr_training.loss_x_ratio", L_x[-1] / L_x[0]) < 0.5
-    assert record("apr_training.loss_q_ratio", L_q[-1] / L_q[0]) < 0.5
     ds, frames = _test_frames(trained["data"])
     loc = load_localizer(trained["art"])
     t_err, r_err = [], []
@@ -98,12 +102,17 @@ def test_loss_goes_down_and_beats_mean_pose(trained) -> None:
         t, r = pose_errors(res.T_world_cam, f.T_world_cam)
         t_err.append(float(t))
         r_err.append(float(r))
-    # reference: always answering the mean training position / a fixed mid-path orientation
     gt = np.stack([f.T_world_cam[:3, 3] for f in frames])
     mean_err = np.linalg.norm(gt - gt.mean(axis=0), axis=1)
-    assert record("apr_training.t_vs_mean_pose", np.median(t_err) / np.median(mean_err)) < 0.6
-    # yaw spans +-20 deg: the mid-path yaw errs by 10 deg on median
-    assert record("apr_training.r_vs_mid_yaw", np.median(r_err) / 10.0) < 0.6
+    values = {  # all recorded before any assert, so a sweep sees every value of every run
+        "loss_x_ratio": record("apr_training.loss_x_ratio", L_x[-1] / L_x[0]),
+        "loss_q_ratio": record("apr_training.loss_q_ratio", L_q[-1] / L_q[0]),
+        "t_vs_mean_pose": record("apr_training.t_vs_mean_pose", np.median(t_err) / np.median(mean_err)),
+        # yaw spans +-20 deg: the mid-path yaw errs by 10 deg on median
+        "r_vs_mid_yaw": record("apr_training.r_vs_mid_yaw", np.median(r_err) / 10.0),
+    }
+    for name, value in values.items():
+        assert value < BOUNDS[name], (name, value, BOUNDS[name])
 
 
 def test_artifact_round_trip_matches_in_memory_model(trained) -> None:
