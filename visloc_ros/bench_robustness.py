@@ -434,6 +434,13 @@ def fuzz(work: Path, artifact: Path, frames: list, n_messages: int, seed: int = 
     return out
 
 
+def _images_decided(node: _NodeUnderTest) -> bool:
+    """Every image the node received is decided: refused, dropped by the newest-frame policy or processed."""
+    v, bad, rx = node.values(), node.by_topic("bad_input_by_topic"), node.by_topic("received_by_topic")
+    decided = bad.get("image", 0) + int(v.get("frames_dropped", 0)) + int(v.get("frames_processed", 0))
+    return decided >= rx.get("image", 0) > 0
+
+
 def _fuzz_node(node: _NodeUnderTest, mode: str, frames: list, n: int, rng: np.random.Generator) -> dict:
     from visloc_ros import conversions as conv
 
@@ -458,12 +465,7 @@ def _fuzz_node(node: _NodeUnderTest, mode: str, frames: list, n: int, rng: np.ra
                 break
     node.wait_caught_up(sent, settle_s=3.0)
 
-    def settled() -> bool:  # every received image decided: refused, dropped or processed
-        v, bad, rx = node.values(), node.by_topic("bad_input_by_topic"), node.by_topic("received_by_topic")
-        decided = bad.get("image", 0) + int(v.get("frames_dropped", 0)) + int(v.get("frames_processed", 0))
-        return decided >= rx.get("image", 0)
-
-    node.wait(settled, 60.0)
+    node.wait(lambda: _images_decided(node), 60.0)
     time.sleep(0.3)
     v, received, bad = node.values(), node.by_topic("received_by_topic"), node.by_topic("bad_input_by_topic")
     dropped, processed = int(v.get("frames_dropped", 0)), int(v.get("frames_processed", 0))
@@ -488,8 +490,10 @@ def _fuzz_node(node: _NodeUnderTest, mode: str, frames: list, n: int, rng: np.ra
     }
     # valid frames after the storm, one at a time: they must be localized
     info_rx = received.get("camera_info", 0)
-    node.pubs["camera_info"].publish(conv.camera_to_camera_info(camera, stamp))
-    node.wait(lambda: node.by_topic("received_by_topic").get("camera_info", 0) > info_rx, 10.0)
+    for _ in range(20):  # camera_info is best effort: sent again until the node has it
+        node.pubs["camera_info"].publish(conv.camera_to_camera_info(camera, stamp))
+        if node.wait(lambda: node.by_topic("received_by_topic").get("camera_info", 0) > info_rx, 0.5):
+            break
     n0 = len(node.statuses)
     for k, (img, _cam) in enumerate(frames):
         stamp += 100_000_000
@@ -512,15 +516,14 @@ def soak(work: Path, artifact: Path, frames: list, seconds: float, rate_hz: floa
     samples: list[tuple[float, float]] = []
     sent = 0
     try:
-        _, camera = frames[0]
         stamp = 1_800_000_000 * 10**9
-        node.pubs["camera_info"].publish(conv.camera_to_camera_info(camera, stamp))
-        time.sleep(0.3)
         t0 = time.monotonic()
         next_sample = t0
         while time.monotonic() - t0 < seconds:
-            img, _ = frames[sent % len(frames)]
+            img, camera = frames[sent % len(frames)]
             stamp += int(1e9 / rate_hz)
+            # camera_info with every image, as camera drivers do (its subscription is best effort: one may drop)
+            node.pubs["camera_info"].publish(conv.camera_to_camera_info(camera, stamp))
             node.pubs["image"].publish(conv.rgb_to_image(img, "rgb8", stamp))
             sent += 1
             now = time.monotonic()
@@ -528,7 +531,9 @@ def soak(work: Path, artifact: Path, frames: list, seconds: float, rate_hz: floa
                 samples.append((now - t0, _rss_mb(node.proc.pid)))
                 next_sample += 0.5
             time.sleep(max(0.0, t0 + sent / rate_hz - time.monotonic()))
-        time.sleep(1.0)
+        node.wait_caught_up({"image": sent}, settle_s=3.0)
+        node.wait(lambda: _images_decided(node), 60.0)  # the newest frame is always processed
+        time.sleep(0.3)
         v = node.values()
     finally:
         alive = node.proc.alive()
