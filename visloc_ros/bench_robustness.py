@@ -151,7 +151,8 @@ class _NodeUnderTest:
             "warmup": True,
             "odom_frame": "odom",
             "base_frame": "base_link",
-            "max_jump_m": 0.0,
+            "max_jump_m": 0.0,  # the jump gate is not the subject here: every valid frame stands alone
+            "max_jump_deg": 0.0,
             **params,
         }
         self.compressed = bool(p.get("compressed", False))
@@ -401,8 +402,8 @@ def malformed_messages(kind: str, i: int, rng: np.random.Generator, rgb: np.ndar
 
 def fuzz(work: Path, artifact: Path, frames: list, n_messages: int, seed: int = 0) -> dict:
     """Send ``n_messages`` malformed messages (half to a raw-image node, half to a compressed-image
-    node; images are half of them), paced so that DDS loses none, then valid frames; returns the
-    accounting of the module docstring. Every message the node receives must be counted: as bad_input
+    node; images are half of them), paced so that DDS loses none, then valid frames (to be LOCALIZED as
+    often as by a fresh localizer in this process); returns the accounting of the module docstring. Every message the node receives must be counted: as bad_input
     of its topic, or (images) as dropped by the newest-frame policy or processed."""
     rng = np.random.default_rng(seed)
     out = {
@@ -415,8 +416,17 @@ def fuzz(work: Path, artifact: Path, frames: list, n_messages: int, seed: int = 
         "errors": 0,
         "valid_frames_sent": 0,
         "valid_frames_localized": 0,
+        "valid_frames_localized_by_a_fresh_localizer": 0,
         "by_mode": {},
     }
+    # reference: the same valid frames through the artifact's localizer in this process, untouched by the storm
+    from visloc_core.localizers.base import Status
+    from visloc_core.localizers.loading import load_localizer
+
+    reference = load_localizer(artifact)
+    for k, (img, cam) in enumerate(frames):
+        status = reference.localize(img, cam, 1_700_000_000 * 10**9 + k * 100_000_000).status
+        out["valid_frames_localized_by_a_fresh_localizer"] += 2 * int(status == Status.LOCALIZED)  # both modes
     for mode in ("raw", "compressed"):
         # a deep image queue: the subscription must not lose what this bench counts (the mailbox still drops)
         node = _NodeUnderTest(work, artifact, compressed=(mode == "compressed"), image_qos_depth=100)
