@@ -8,10 +8,8 @@ decompression bomb must not be decoded), thread names (never two workers).
 from __future__ import annotations
 
 import resource
-import struct
 import threading
 import time
-import zlib
 
 import numpy as np
 import pytest
@@ -27,6 +25,7 @@ from visloc_core.data import messages as rosmsg
 from visloc_core.geometry import PinholeCamera
 from visloc_core.localizers.base import Status
 from visloc_ros import conversions as conv
+from visloc_ros.bench_robustness import png_bomb
 
 
 class Session(NodeSession):
@@ -56,21 +55,6 @@ def session(ros, tiny_artifact):
         s.close()
 
 
-def _png_bomb(width: int, height: int) -> bytes:
-    """A real PNG of width x height 1-bit grey zeros (decodes to width*height pixels), compressed to a
-    few tens of KB; built chunk by chunk so the test itself never holds the decoded image."""
-    row = b"\x00" * (1 + (width + 7) // 8)
-    comp = zlib.compressobj(9)
-    idat = b"".join(comp.compress(row * 1000) for _ in range(height // 1000)) + comp.compress(row * (height % 1000))
-    idat += comp.flush()
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -78,7 +62,7 @@ def _peak_rss_mb() -> float:
 # ------------------------------------------------------------------------------------- 10a bomb
 def test_a_png_decompression_bomb_is_refused_from_its_header(session):
     """A 20000x20000 PNG of ~60 KB decodes to 1.2 GB (RGB): the node must refuse it before decoding."""
-    bomb = _png_bomb(20000, 20000)
+    bomb = png_bomb(20000, 20000)
     assert len(bomb) < 200_000
     s = session(compressed=True)
     s.camera_info()
@@ -99,7 +83,7 @@ def test_the_decoder_reads_the_size_before_decoding(monkeypatch):
     (so nothing was decoded), and a limit can be raised for a real big camera."""
     import cv2
 
-    bomb = CompressedImage(format="png", data=_png_bomb(8000, 6000))  # 48 Mpx
+    bomb = CompressedImage(format="png", data=png_bomb(8000, 6000))  # 48 Mpx
     monkeypatch.setattr(cv2, "imdecode", lambda *a, **k: pytest.fail("decoded before the size check"))
     for fn in (rosmsg.compressed_image, rosmsg.image_rgb8):
         with pytest.raises(rosmsg.MalformedMessageError, match="image too large: 8000x6000"):

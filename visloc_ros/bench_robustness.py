@@ -27,6 +27,7 @@ version (seconds per part) that the test suite runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -72,6 +73,17 @@ def _rss_mb(pid: int) -> float:
     import psutil
 
     return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """Peak RSS of a live process since it started (VmHWM, Linux), in MB; NaN where not available."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 def prepare_inputs(work: Path, quick: bool) -> dict:
@@ -248,16 +260,23 @@ class _NodeUnderTest:
 
 
 # --------------------------------------------------------------------------------------- fuzz
-def _png_bomb(width: int, height: int) -> bytes:
+@functools.lru_cache(maxsize=4)
+def png_bomb(width: int, height: int) -> bytes:
+    """A real PNG of width x height 1-bit grey zeros (it decodes to width*height pixels; 20000x20000 is
+    ~60 KB, 32000x32000 ~150 KB, as in issue 10's attack), built chunk by chunk so that building it never
+    holds the decoded image."""
     import struct
     import zlib
+
+    row = b"\x00" * (1 + (width + 7) // 8)
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(row * 1000) for _ in range(height // 1000)) + comp.compress(row * (height % 1000))
+    idat += comp.flush()
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    # the header claims width x height; the (valid) data stream holds a few rows: refused from the header
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * (1 + 3 * width) * 4, 9)
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
@@ -311,7 +330,8 @@ def malformed_messages(kind: str, i: int, rng: np.random.Generator, rgb: np.ndar
         elif case == 2:
             m.data = bytes(rng.integers(0, 256, int(rng.integers(0, 2000)), dtype=np.uint8))
         elif case == 3:
-            m = CompressedImage(format="png", data=_png_bomb(int(rng.integers(20000, 60000)), 30000))
+            side = int(rng.choice([20000, 32000]))
+            m = CompressedImage(format="png", data=png_bomb(side, side))  # decodes to 0.4 / 1 Gpx
             m.header.stamp = conv.ns_to_stamp(stamp)
         elif case == 4:
             m.data = b""
@@ -463,9 +483,12 @@ def _fuzz_node(node: _NodeUnderTest, mode: str, frames: list, n: int, rng: np.ra
     node.pubs["camera_info"].publish(conv.camera_to_camera_info(camera, stamp))  # valid: images need one
     sent["camera_info"] += 1
 
+    bomb_case = 3 if mode == "compressed" else 4  # see malformed_messages
+    bombs = 0
     for i in range(n):
         kind = kinds[i % len(kinds)]
         topic = "image" if kind == "compressed" else kind
+        bombs += int(topic == "image" and (i // len(kinds)) % 12 == bomb_case)
         stamp += 1_000_000
         node.pubs[topic].publish(malformed_messages(kind, i // len(kinds), rng, rgb, camera, stamp))
         sent[topic] += 1
@@ -497,6 +520,8 @@ def _fuzz_node(node: _NodeUnderTest, mode: str, frames: list, n: int, rng: np.ra
         "problems_by_reason": v.get("problems_by_reason", ""),
         "rss_mb_start": rss0,
         "rss_mb_end": _rss_mb(node.proc.pid) if node.proc.alive() else float("nan"),
+        "rss_mb_peak": _peak_rss_mb(node.proc.pid),  # a decoded bomb would show here (GBs)
+        "bombs_sent": bombs,  # raw images claiming 1.6 Gpx; real PNG bombs of 0.4 and 1 Gpx
     }
     # valid frames after the storm, one at a time: they must be localized
     info_rx = received.get("camera_info", 0)
