@@ -163,6 +163,7 @@ class _NodeUnderTest:
             "warmup": True,
             "odom_frame": "odom",
             "base_frame": "base_link",
+            "use_tf_extrinsic": False,  # no TF publisher here: the base_to_camera_* parameters
             "max_jump_m": 0.0,  # the jump gate is not the subject here: every valid frame stands alone
             "max_jump_deg": 0.0,
             **params,
