@@ -266,6 +266,8 @@ def test_bad_images_and_camera_infos_are_refused_with_a_reason_and_diagnostics_r
     n += 1
     assert "image is 1x1 pixels" in s.bad_after(n, "1x1")
     # never LOCALIZED: the decoded-but-empty frames went out as REJECTED with the reason, nothing on pose/TF
+    # (the bad_input counter rises before the REJECTED result is published: wait for the 4th to arrive)
+    s.probe.wait_for(lambda: s.probe.count("localization") >= 4, what="4 REJECTED results")
     results = s.probe.get("localization")
     assert [m.status for m in results] == [Status.REJECTED] * 4
     assert {m.status_reason.split(" (")[0] for m in results} >= {
