@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 import yaml
-from ros_helpers import TINY_CAMERA, Probe, ros_src_skip_reason, tiny_frames, trained_tiny_artifact
+from ros_helpers import TINY_CAMERA, Probe, ros_src_skip_reason, tiny_frames
 
 from visloc_core.data import messages as rosmsg
 from visloc_core.localizers.loading import load_localizer
@@ -111,19 +110,7 @@ def ros2(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def artifact():
-    return trained_tiny_artifact()
-
-
-@pytest.fixture(scope="module")
-def ros():
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
-
-
-@pytest.fixture(scope="module")
-def launched(ros, artifact, tmp_path_factory):
+def launched(ros, tiny_artifact, tmp_path_factory):
     """One `ros2 launch` for the tests of a running node: a parameter file of the test's own (config:=) and
     launch arguments, one of which (map_frame) overrides a key of that file."""
     tmp = tmp_path_factory.mktemp("launch")
@@ -134,7 +121,7 @@ def launched(ros, artifact, tmp_path_factory):
     (tmp / "site.yaml").write_text(yaml.safe_dump(cfg))
     launch = Ros2Launch(
         [
-            f"model:={artifact}",
+            f"model:={tiny_artifact}",
             f"config:={tmp / 'site.yaml'}",
             "map_frame:=world_map",
             "image_topic:=/cam/image",
@@ -187,7 +174,7 @@ def _localize_one(probe: Probe, s: float, stamp_ns: int, wait_topic: str | None 
     return img
 
 
-def test_ros2_launch_reaches_active_and_localizes(launched, artifact):
+def test_ros2_launch_reaches_active_and_localizes(launched, tiny_artifact):
     launch, probe = launched
     active = launch.wait_for_line("active: localizing")
     assert "/cam/image" in active and "into world_map" in active  # image_topic remap and map_frame argument
@@ -203,7 +190,7 @@ def test_ros2_launch_reaches_active_and_localizes(launched, artifact):
     assert {m.header.frame_id for m in (pose, pose_cov, result, tf)} == {"world_map"}
     assert {rosmsg.stamp_ns(m.header) for m in (pose, pose_cov, result, tf)} == {stamp}
     assert tf.child_frame_id == "cam_opt"  # base_frame "" (file): the camera's pose, frame of the image header
-    T_ref = load_localizer(artifact).localize(img, TINY_CAMERA, stamp).T_world_cam  # same model, same image
+    T_ref = load_localizer(tiny_artifact).localize(img, TINY_CAMERA, stamp).T_world_cam  # same model, same image
     for T in (
         rosmsg.T_from_pose(pose.pose),
         rosmsg.T_from_pose(pose_cov.pose.pose),
