@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -215,20 +216,13 @@ def train(cfg: dict, data: str | Path, out: str | Path, args: argparse.Namespace
     args = args or argparse.Namespace()
     out = Path(out)
     work = Path(getattr(args, "work_dir", None) or work_dir_for(out))
+    if _launched_as_secondary_rank():  # rank 0 of this run holds the locks and checks the outputs
+        return _train_locked(cfg, data, out, work, args, secondary=True)
     with output_lock(out, "--out"), output_lock(work, "--work-dir"):
         return _train_locked(cfg, data, out, work, args)
 
 
-def _train_locked(cfg: dict, data: str | Path, out: Path, work: Path, args: argparse.Namespace) -> Path | None:
-    cfg = apr_config(cfg)
-    if getattr(args, "device", None):
-        cfg["train"]["device"] = args.device
-    if getattr(args, "epochs", None):
-        cfg["train"]["stages"] = override_epochs(cfg["train"]["stages"], int(args.epochs))
-        cfg["train"]["epochs"] = sum(s["epochs"] for s in cfg["train"]["stages"])
-    resume = bool(getattr(args, "resume", False))
-    overwrite = bool(getattr(args, "overwrite", False))
-    last = work / "checkpoints" / "last.ckpt"
+def _check_outputs(out: Path, work: Path, last: Path, resume: bool, overwrite: bool) -> None:
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
     if resume and not last.is_file():
@@ -239,6 +233,29 @@ def _train_locked(cfg: dict, data: str | Path, out: Path, work: Path, args: argp
                 f"{work} holds checkpoints of an earlier run; pass --resume to continue it or --overwrite to start over"
             )
         shutil.rmtree(work)
+
+
+def _launched_as_secondary_rank() -> bool:
+    """True in a process that a DDP launcher started for a rank other than 0: Lightning re-runs the
+    command with LOCAL_RANK / NODE_RANK set, torchrun sets RANK. Such a process joins the run of its
+    rank 0, which holds the output locks and alone writes checkpoints and the artifact."""
+    return any(int(os.environ.get(k) or 0) != 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def _train_locked(
+    cfg: dict, data: str | Path, out: Path, work: Path, args: argparse.Namespace, secondary: bool = False
+) -> Path | None:
+    cfg = apr_config(cfg)
+    if getattr(args, "device", None):
+        cfg["train"]["device"] = args.device
+    if getattr(args, "epochs", None):
+        cfg["train"]["stages"] = override_epochs(cfg["train"]["stages"], int(args.epochs))
+        cfg["train"]["epochs"] = sum(s["epochs"] for s in cfg["train"]["stages"])
+    resume = bool(getattr(args, "resume", False))
+    overwrite = bool(getattr(args, "overwrite", False))
+    last = work / "checkpoints" / "last.ckpt"
+    if not secondary:  # a secondary DDP rank: rank 0 checked (and with --overwrite emptied) the outputs
+        _check_outputs(out, work, last, resume, overwrite)
     work.mkdir(parents=True, exist_ok=True)
 
     pl.seed_everything(int(cfg["train"]["seed"]), workers=True)
