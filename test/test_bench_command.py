@@ -183,7 +183,7 @@ def test_bench_errors_are_clear(tmp_path, capsys, monkeypatch) -> None:
     assert visloc_main(["bench", "relpose", "--solvers", "--out", str(tmp_path / "file")]) == 2
     assert "is a file; give a folder" in capsys.readouterr().err
     assert visloc_main(["bench", "bag", "--bag", str(tmp_path), "--out", str(out)]) == 2
-    assert "not a rosbag2 folder (no metadata.yaml)" in capsys.readouterr().err
+    assert "not a rosbag2 folder (no metadata.yaml and 0 .db3/.mcap files)" in capsys.readouterr().err
     assert visloc_main(["bench", "models", "--config-dir", str(tmp_path / "none"), "--out", str(out)]) == 2
     assert "--config-dir" in capsys.readouterr().err
     with pytest.raises(SystemExit):

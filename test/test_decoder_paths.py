@@ -86,7 +86,12 @@ class _SpyNode:
     """The real node over DDS; its localizer records the image it is given."""
 
     def __init__(self, compressed: bool) -> None:
-        params = {"model": str(trained_tiny_artifact()), "compressed": compressed, "diagnostics_period_s": 0.1}
+        params = {
+            "model": str(trained_tiny_artifact()),
+            "compressed": compressed,
+            "diagnostics_period_s": 0.1,
+            "use_tf_extrinsic": False,  # no TF here: with tf2 installed the node would wait for the extrinsic
+        }
         self.node = LocalizerNode(
             parameter_overrides=[rclpy.parameter.Parameter(k, value=v) for k, v in params.items()]
         )
