@@ -388,14 +388,14 @@ def replay(o: ReplayOptions) -> dict:
     from visloc_core.evaluation.report import write_report
     from visloc_core.localizers.loading import check_artifact
 
+    plan = plan_bag(o)  # the bag's and the options' problems first, then the artifact's
+    truth = _truth(o, plan)
+    params = _node_params(o, plan)
     # An artifact the node cannot load leaves it unconfigured: fail here (damaged files, format
     # version), not after the start-up timeout.
     check_artifact(o.artifact)
-    plan = plan_bag(o)
-    truth = _truth(o, plan)
     out = Path(o.out)
     out.mkdir(parents=True, exist_ok=True)
-    params = _node_params(o, plan)
     params_file = Path(tempfile.mkstemp(prefix=".replay-node-", suffix=".yaml", dir=out)[1])
     params_file.write_text(yaml.safe_dump({"visloc_localizer": {"ros__parameters": params}}))
     publish_topics = [plan.image_topic, plan.camera_info_topic, "/tf", "/tf_static"]
