@@ -21,8 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.collections import LineCollection
 
-from .records import FrameOutcome
-from .report import frame_errors
+from .records import FrameOutcome, frame_errors
 
 _AXES = "xyz"
 # (metres, degrees) thresholds drawn on the CDF: the ones the report's recall table leads with

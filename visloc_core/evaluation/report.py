@@ -47,7 +47,7 @@ import numpy as np
 from ..atomic import write_bytes
 from ..geometry import RECALL_THRESHOLDS, pose_errors, position_quat_wxyz_from_T, recall_at_thresholds
 from .calibration import covariance_calibration
-from .records import FrameOutcome
+from .records import FrameOutcome, frame_errors
 
 log = logging.getLogger(__name__)
 
@@ -89,25 +89,6 @@ _POSE_COLS = ("tx", "ty", "tz", "qw", "qx", "qy", "qz")
 
 
 # ----------------------------------------------------------------------------------- statistics
-def frame_errors(outcomes: Sequence[FrameOutcome]) -> tuple[np.ndarray, np.ndarray]:
-    """Scored (translation m, rotation deg) errors (N,): infinite unless LOCALIZED with a finite pose."""
-    if not outcomes:
-        return np.zeros(0), np.zeros(0)
-    est = np.stack([np.asarray(o.T_world_cam_est, dtype=np.float64) for o in outcomes])
-    gt = np.stack([np.asarray(o.T_world_cam_gt, dtype=np.float64) for o in outcomes])
-    no_gt = ~np.all(np.isfinite(gt), axis=(1, 2))
-    if no_gt.any():
-        names = [o.name for o, b in zip(outcomes, no_gt) if b]
-        raise ValueError(
-            f"{len(names)} frame(s) have no finite ground-truth pose (e.g. {names[:3]}); "
-            "drop them before scoring (a missing truth is not a localization failure)"
-        )
-    ok = np.array([o.status == "LOCALIZED" for o in outcomes]) & np.all(np.isfinite(est), axis=(1, 2))
-    est = np.where(ok[:, None, None], est, np.nan)
-    t, r = pose_errors(est, gt)
-    return np.where(ok, t, np.inf), np.where(ok, r, np.inf)
-
-
 def median_with_inf(x: np.ndarray) -> float:
     """Middle of the sorted values (mean of the two middle ones for even N); +inf values sort last,
     so the median is infinite exactly when at least half (odd N: more than half) are infinite. NaN for N = 0."""

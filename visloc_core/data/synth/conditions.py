@@ -1,17 +1,43 @@
 """Appearance conditions: built-in presets and the sensor effects applied after rendering.
 
-A condition (``spec.ConditionSpec``) sets the lighting the renderer uses (ambient + one
-directional "sun" + an optional headlamp at the camera, exposure gain, sky colours), which of the
-scene's moving actors are present, and the sensor: motion blur (sub-frames averaged over the
-shutter time, done by the generator) and noise (here). The mapping sequences use ``day``; query
-sets add shifted conditions the way the Extended Cambridge Landmarks adds evening/winter/summer.
+A condition (:class:`ConditionSpec`, defined here; scene files name a preset or define their own)
+sets the lighting the renderer uses (ambient + one directional "sun" + an optional headlamp at the
+camera, exposure gain, sky colours), which of the scene's moving actors are present, and the sensor:
+motion blur (sub-frames averaged over the shutter time, done by the generator) and noise (here).
+The mapping sequences use ``day``; query sets add shifted conditions the way the Extended Cambridge
+Landmarks adds evening/winter/summer.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from .spec import ConditionSpec
+
+@dataclass
+class ConditionSpec:
+    """Appearance of one sequence: lighting, exposure, sensor effects, moving occluders."""
+
+    name: str
+    ambient: float = 0.65  # ambient light intensity
+    ambient_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    sun_intensity: float = 0.6  # directional light intensity
+    sun_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    sun_azimuth_deg: float = 35.0  # direction TOWARDS the light, from +x counter-clockwise
+    sun_elevation_deg: float = 50.0
+    headlamp: float = 0.0  # a light at the camera (night); intensity at 1 m
+    headlamp_range: float = 3.0  # metres at which the headlamp falls to half
+    exposure: float = 1.0  # gain before clipping (> 1.6 over-exposes)
+    sky_zenith: tuple[float, float, float] = (0.35, 0.55, 0.9)
+    sky_horizon: tuple[float, float, float] = (0.75, 0.85, 0.95)
+    noise_std: float = 1.0  # sensor read noise, in 8-bit grey levels
+    shot_noise: float = 0.0  # photon noise: std = shot_noise * sqrt(value) (grey levels)
+    blur_exposure_s: float = 0.0  # shutter time for motion blur (0 = none)
+    blur_samples: int = 5  # sub-frames averaged across the shutter time
+    people: int = 0  # number of the scene's person actors present
+    vehicles: int = 0  # number of the scene's vehicle actors present
+
 
 BUILTIN_CONDITIONS: dict[str, ConditionSpec] = {
     # The normal condition: what mapping sequences are recorded in.

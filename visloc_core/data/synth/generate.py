@@ -20,10 +20,10 @@ import numpy as np
 
 from ..layout import DatasetWriter
 from ..png import encode_png
-from .conditions import NoiseBank, apply_sensor_noise
+from .conditions import ConditionSpec, NoiseBank, apply_sensor_noise
 from .geometry import actor_mesh, actor_pose, clearance_m, static_mesh
 from .renderer import Renderer, RenderOutput
-from .spec import CLASS_IDS, CLASSES, ConditionSpec, SceneSpec, SequenceSpec
+from .spec import CLASS_IDS, CLASSES, SceneSpec, SequenceSpec
 from .trajectories import base_pose_at, drifting_odometry, frame_stamps_ns, periods_ns
 
 log = logging.getLogger(__name__)

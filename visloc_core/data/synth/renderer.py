@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...geometry import PinholeCamera, invert_T
-from .conditions import sun_direction
+from .conditions import ConditionSpec, sun_direction
 from .geometry import VERTEX_FLOATS
-from .spec import ConditionSpec
 from .textures import TEXTURE_SIZE, texture_stack
 
 if TYPE_CHECKING:

@@ -25,6 +25,7 @@ import numpy as np
 
 from ...geometry import ROS_OPTICAL_TO_BODY, PinholeCamera, T_from_R_t
 from ...yaml_io import load_yaml_file
+from .conditions import BUILTIN_CONDITIONS, ConditionSpec
 
 # Semantic classes written to every synthetic dataset (id -> name). Ids are stable across scenes
 # so a model trained on one preset reads the other's labels.
@@ -156,30 +157,6 @@ class ActorSpec:
     speed: float
     phase: float  # metres along the path at t = 0
     material: Material
-
-
-@dataclass
-class ConditionSpec:
-    """Appearance of one sequence: lighting, exposure, sensor effects, moving occluders."""
-
-    name: str
-    ambient: float = 0.65  # ambient light intensity
-    ambient_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    sun_intensity: float = 0.6  # directional light intensity
-    sun_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    sun_azimuth_deg: float = 35.0  # direction TOWARDS the light, from +x counter-clockwise
-    sun_elevation_deg: float = 50.0
-    headlamp: float = 0.0  # a light at the camera (night); intensity at 1 m
-    headlamp_range: float = 3.0  # metres at which the headlamp falls to half
-    exposure: float = 1.0  # gain before clipping (> 1.6 over-exposes)
-    sky_zenith: tuple[float, float, float] = (0.35, 0.55, 0.9)
-    sky_horizon: tuple[float, float, float] = (0.75, 0.85, 0.95)
-    noise_std: float = 1.0  # sensor read noise, in 8-bit grey levels
-    shot_noise: float = 0.0  # photon noise: std = shot_noise * sqrt(value) (grey levels)
-    blur_exposure_s: float = 0.0  # shutter time for motion blur (0 = none)
-    blur_samples: int = 5  # sub-frames averaged across the shutter time
-    people: int = 0  # number of the scene's person actors present
-    vehicles: int = 0  # number of the scene's vehicle actors present
 
 
 @dataclass
@@ -362,8 +339,6 @@ def _closed_path(data: Any, where: str) -> np.ndarray:
 
 def parse_scene(data: dict, source: str = "<dict>") -> SceneSpec:
     """Build a :class:`SceneSpec` from a parsed YAML mapping (``source`` names it in errors)."""
-    from .conditions import BUILTIN_CONDITIONS
-
     k = _Keys(data, source)
     name = k.get("name", None, str)
     if not name or "/" in name:
