@@ -184,6 +184,7 @@ def test_localization_result_round_trip():
         ["a/1", "b/2"],
     )
     assert back.confidence == pytest.approx(0.75) and back.stage_seconds == {"retrieval": 0.01, "pose": 0.02}
+    assert back.extras == {"latency_s": pytest.approx(0.0421, abs=1e-9)}
     nl = conv.result_to_msg(LocalizationResult.not_localized("apr/posenet", "no scene"), 5, "map")
     assert nl.pose.pose.orientation.w == 1.0 and np.all(np.isnan(nl.pose.covariance))
     assert np.all(np.isnan(conv.msg_to_result(nl)[0].T_world_cam))

@@ -13,10 +13,11 @@ from bounds import record
 from ros_helpers import TINY_CAMERA, mean_pose_error, tiny_frames, trained_tiny_artifact, write_tiny_bag
 
 from visloc_core.data.layout import DatasetWriter
+from visloc_core.evaluation.replay_plan import static_chain
 from visloc_core.evaluation.report import read_frames_csv
 from visloc_core.geometry import T_from_position_quat_wxyz, pose_errors
 from visloc_core.localizers.loading import load_localizer
-from visloc_ros.replay import ReplayOptions, replay, static_chain
+from visloc_ros.replay import ReplayOptions, replay
 
 S_VALUES = np.linspace(0.05, 0.95, 8) + 0.013  # held-out views between training poses
 NO_GATE = {"max_jump_m": 0.0}

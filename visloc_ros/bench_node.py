@@ -104,11 +104,12 @@ def run(args: argparse.Namespace) -> dict:
 
     from visloc_core.data import messages as rosmsg
     from visloc_core.evaluation.bench.timing import machine_info, ratio, set_threads
+    from visloc_core.evaluation.replay_scoring import latency_stats as _stats
     from visloc_core.geometry import PinholeCamera
     from visloc_core.localizers.loading import load_localizer
     from visloc_ros import conversions as conv
     from visloc_ros.msg import LocalizationResult
-    from visloc_ros.replay import NodeProcess, _ResourceSampler, _stats
+    from visloc_ros.replay import NodeProcess, _ResourceSampler
 
     set_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the node subprocess inherits it

@@ -254,7 +254,8 @@ def msg_to_result(msg) -> tuple[LocalizationResult, int, str]:
     """visloc_ros/msg/LocalizationResult -> (LocalizationResult with the message's pose, stamp_ns, frame_id).
 
     The pose is the message's output frame (``T_world_cam`` only when the node outputs the camera
-    frame); NOT_LOCALIZED results get a NaN pose as in visloc_core.
+    frame); NOT_LOCALIZED results get a NaN pose as in visloc_core. The node's latency field goes to
+    ``extras['latency_s']`` (seconds).
     """
     status = Status(int(msg.status))
     T = np.full((4, 4), np.nan) if status == Status.NOT_LOCALIZED else rosmsg.T_from_pose(msg.pose.pose)
@@ -269,6 +270,7 @@ def msg_to_result(msg) -> tuple[LocalizationResult, int, str]:
         scene=msg.scene,
         status_reason=msg.status_reason,
         stage_seconds=dict(zip(msg.stage_names, (float(s) for s in msg.stage_seconds), strict=False)),
+        extras={"latency_s": msg.latency.sec + msg.latency.nanosec * 1e-9},
     )
     return result, rosmsg.stamp_ns(msg.header), msg.header.frame_id
 

@@ -43,21 +43,16 @@ THREAD_ENV_VARS = (
 )
 
 
-def summarize_ms(samples_ms: list[float] | np.ndarray) -> dict[str, float | int]:
-    """n, median, p95, mean, std, min, max of samples in milliseconds (NaN statistics for none)."""
+def summarize_ms(samples_ms: list[float] | np.ndarray, key_suffix: str = "_ms") -> dict[str, float | int]:
+    """n, median, p95, mean, std, min, max of samples in milliseconds (NaN statistics for none).
+    Keys are ``median_ms``, ...; ``key_suffix=""`` gives ``median``, ... for a dict whose own name
+    already says the unit (``meta.replay.e2e_latency_ms``)."""
     x = np.asarray(samples_ms, dtype=np.float64)
+    stats = ("median", "p95", "mean", "std", "min", "max")
     if x.size == 0:
-        nan = float("nan")
-        return {"n": 0, "median_ms": nan, "p95_ms": nan, "mean_ms": nan, "std_ms": nan, "min_ms": nan, "max_ms": nan}
-    return {
-        "n": int(x.size),
-        "median_ms": float(np.median(x)),
-        "p95_ms": float(np.percentile(x, 95)),
-        "mean_ms": float(np.mean(x)),
-        "std_ms": float(np.std(x)),
-        "min_ms": float(np.min(x)),
-        "max_ms": float(np.max(x)),
-    }
+        return {"n": 0, **{f"{k}{key_suffix}": float("nan") for k in stats}}
+    values = (np.median(x), np.percentile(x, 95), np.mean(x), np.std(x), np.min(x), np.max(x))
+    return {"n": int(x.size), **{f"{k}{key_suffix}": float(v) for k, v in zip(stats, values, strict=True)}}
 
 
 def torch_threads() -> int | None:
