@@ -17,7 +17,7 @@ import torch
 
 from visloc_core.cli import main as visloc_main
 from visloc_core.commands import bench as bench_cmd
-from visloc_core.evaluation.bench import BENCHMARKS
+from visloc_core.commands.bench import BENCHMARKS  # the core table and the plugins (visloc_core/plugins.py)
 from visloc_core.evaluation.bench.timing import (
     Stopwatch,
     cpu_model,

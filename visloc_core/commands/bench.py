@@ -1,7 +1,8 @@
 """``visloc bench NAME [options] --out DIR``: run one benchmark of visloc_core/evaluation/bench.
 
-Benchmarks are the modules named by ``evaluation.bench.BENCHMARKS`` (each: ``HELP``,
-``add_arguments(parser)``, ``run(args) -> dict``). The command runs one, adds ``bench_meta`` (name,
+Benchmarks are the modules named by ``evaluation.bench.BENCHMARKS`` and those other packages declare
+as ``visloc.benchmarks`` entry points (the ROS ones, see visloc_core/plugins.py); each has ``HELP``,
+``add_arguments(parser)`` and ``run(args) -> dict``. The command runs one, adds ``bench_meta`` (name,
 command line, start time, duration, machine facts of evaluation/bench/timing.py) to its dict, writes
 ``DIR/<name>.json`` atomically (temporary file, then rename; infinite/NaN numbers become null) and
 prints the numbers as a table.
@@ -29,7 +30,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..evaluation.bench import BENCHMARKS
+from .. import plugins
+from ..evaluation.bench import BENCHMARKS as CORE_BENCHMARKS
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,24 @@ _PACKAGE = "visloc_core.evaluation.bench"
 MAX_TABLE_ROWS = 80
 
 
+def _all_benchmarks() -> dict[str, str]:
+    """The core's benchmarks, then the plugins' (a plugin cannot replace a core benchmark)."""
+    table = dict(CORE_BENCHMARKS)
+    for name, ep in plugins.declared(plugins.BENCHMARKS).items():
+        if name in table:
+            log.warning("benchmark plugin %r (%s) ignored: a core benchmark has that name", name, ep.value)
+        else:
+            table[name] = ep.value
+    return table
+
+
+#: name -> module: a plain name is a module of visloc_core/evaluation/bench, a dotted one a plugin's module
+BENCHMARKS: dict[str, str] = _all_benchmarks()
+
+
 def module_path(name: str) -> str:
-    """Full module name of benchmark ``name``: a dotted entry of BENCHMARKS is absolute (benchmarks
-    that need ROS live in visloc_ros), a plain one is a module of visloc_core/evaluation/bench."""
+    """Full module name of benchmark ``name``: a dotted entry of BENCHMARKS is absolute (a plugin's
+    module, e.g. visloc_ros.bench_node), a plain one is a module of visloc_core/evaluation/bench."""
     entry = BENCHMARKS[name]
     return entry if "." in entry else f"{_PACKAGE}.{entry}"
 
@@ -51,10 +68,13 @@ def load_benchmark(name: str) -> ModuleType:
     module_name = module_path(name)
     try:
         mod = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name == module_name:
-            raise ValueError(f"benchmark {name!r} is not available: module {module_name} does not exist yet") from err
-        raise ValueError(f"benchmark {name!r} is not available: {err}") from err
+    except ImportError as err:
+        hint = f"; {plugins.ROS_HINT}" if name not in CORE_BENCHMARKS else ""
+        if isinstance(err, ModuleNotFoundError) and err.name == module_name:
+            raise ValueError(
+                f"benchmark {name!r} is not available: module {module_name} does not exist yet{hint}"
+            ) from err
+        raise ValueError(f"benchmark {name!r} is not available: {err}{hint}") from err
     missing = [a for a in ("HELP", "add_arguments", "run") if not hasattr(mod, a)]
     if missing:
         raise ValueError(

@@ -1,7 +1,9 @@
 """``visloc replay BAG ARTIFACT --out REPORT_DIR``: a bag through the real localizer node, scored.
 
-The ROS part lives in visloc_ros/replay.py (imported only when the command runs, so the rest of
-the CLI works without rclpy). Output: the report of ``visloc eval`` (report.json, frames.csv,
+The arguments are parsed here; the ROS part (node process, player, sampler) is the ``replay``
+plugin of visloc_ros (``visloc.runners`` entry point, visloc_core/plugins.py), loaded only when the
+command runs, so the rest of the CLI works without rclpy; the bag plan and the scoring are
+evaluation/replay_plan.py and replay_scoring.py. Output: the report of ``visloc eval`` (report.json, frames.csv,
 trajectory.png, error_cdf.png) with ``meta.replay`` holding the end-to-end latency (image published
 -> result received), the node's own latency, dropped frames, and the node's CPU and memory.
 """
@@ -63,14 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
+    from .. import plugins
+    from ..evaluation.replay_plan import ReplayOptions
+
     try:
-        from visloc_ros.replay import ReplayOptions, replay
-    except ImportError as err:
-        print(
-            f"visloc replay needs rclpy and the built visloc_ros messages ({err}); "
-            "run `source install/local_setup.bash` after scripts/build_ros.sh",
-            file=sys.stderr,
-        )
+        replay = plugins.load(plugins.RUNNERS, "replay", "visloc replay")
+    except plugins.PluginUnavailableError as err:
+        print(f"visloc: {err}", file=sys.stderr)
         return 2
     params = {}
     for item in args.param:
