@@ -12,5 +12,4 @@ BENCHMARKS: dict[str, str] = {
     "bag": "bag",  # from-bag throughput vs a plain rosbags read of the same bag (target >= 0.5x)
     "relpose": "relpose",  # relpose localizer vs OpenCV SIFT + essential RANSAC on the same queries (target >= 10x)
     "models": "models",  # parameter count and CPU inference time of every APR model
-    "robustness": "visloc_ros.bench_robustness",  # fuzz + soak of the node, kill -9 of every writer, artifact corruption
 }
