@@ -3,6 +3,7 @@ when it is missing, so a broken build cannot pass as green."""
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import numpy as np
@@ -31,14 +32,35 @@ def _seeded() -> None:
         pass
 
 
+_MODULE_DOMAINS = itertools.count(1)
+
+
 @pytest.fixture(scope="module")
 def ros():
-    """rclpy initialised for the ROS tests of one module (real DDS)."""
+    """rclpy initialised for the ROS tests of one module (real DDS), on a DDS domain of the module's own.
+
+    Why a domain per module: a lifecycle node of an earlier module can stay discoverable after its module
+    ended (an rclpy participant of a shut-down context, a subprocess still exiting) without answering.
+    `ros2 launch`'s configure request went to such a node (its wait_for_service saw the old
+    /visloc_localizer/change_state) and was never answered, so the launched node stayed unconfigured.
+    Subprocesses started by the module inherit the domain through the environment. Domains stay in
+    scripts/run_tests.sh's range 101..200.
+    """
     import rclpy
 
+    before = os.environ.get("ROS_DOMAIN_ID")
+    base = int(before) if before and before.isdigit() else 101
+    domain = 101 + (base - 101 + next(_MODULE_DOMAINS)) % 100
+    os.environ["ROS_DOMAIN_ID"] = str(domain)
     rclpy.init()
-    yield
-    rclpy.try_shutdown()
+    try:
+        yield
+    finally:
+        rclpy.try_shutdown()
+        if before is None:
+            os.environ.pop("ROS_DOMAIN_ID", None)
+        else:
+            os.environ["ROS_DOMAIN_ID"] = before
 
 
 @pytest.fixture(scope="module")
