@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dataset from-bag": ("from_bag", "make a dataset from a rosbag2 recording (sqlite3 or mcap)"),
     "train": ("train", "train an absolute pose regressor into an artifact folder"),
     "map build": ("map_build", "build a retrieval map for relative-pose localization"),
+    "map info": ("map_info", "what a relpose map holds: keyframes, 3D points, tracks, errors, calibration"),
     "eval": ("evaluate", "evaluate an artifact on a dataset split: report.json, frames.csv, plots"),
     "replay": ("replay", "replay a bag through the real localizer node and score it"),
     "bench": ("bench", "speed and memory benchmarks, side by side with baselines"),

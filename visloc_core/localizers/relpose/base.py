@@ -28,6 +28,9 @@ class Keyframe:
     depth_path: str = ""  # absolute path of the depth image (metres = value / depth_scale), '' if none
     depth_scale: float = 1000.0
     cache: dict = field(default_factory=dict)  # e.g. local features (keypoints, descriptors)
+    # World point (metres) of each keypoint of the cached features, NaN where there is none: from
+    # registered depth or the triangulated sparse model (structure.py); None = direction-only map.
+    points_world_N3: np.ndarray | None = None  # noqa: N815  (shape suffix, STYLE.md)
 
 
 @dataclass
@@ -50,6 +53,9 @@ class RelPoseEstimate:
     # pose jointly over all agreeing references. None when not available.
     points2d_query_N2: np.ndarray | None = None  # noqa: N815  (shape suffix, STYLE.md)
     points3d_world_N3: np.ndarray | None = None  # noqa: N815
+    # metric estimates: largest standard deviation (m) of the query centre from the PnP's first-order
+    # covariance (image noise from the inlier residuals); 0 when unknown
+    sigma_center_m: float = 0.0
 
 
 class RelPoseEstimator(ABC):
