@@ -157,12 +157,17 @@ def test_pnp_on_the_triangulated_map_against_truth(triangulated_map, room):
     t_err, r_err = [], []
     for fr in ds.frames("test"):
         res = loc.localize(ds.load_rgb(fr), fr.camera, fr.stamp_ns)
+        # the PnP pose against the triangulated points, published or refused as too uncertain
+        T = res.T_world_cam if res.status == Status.LOCALIZED else res.extras.get("T_world_cam_refused")
+        if T is None:
+            continue
+        assert res.extras["metric"]  # solved by PnP against the triangulated points
+        t, r = pose_errors(np.asarray(T), fr.T_world_cam)
+        t_err.append(t)
+        r_err.append(r)
         if res.status == Status.LOCALIZED:
-            assert res.extras["metric"]  # solved by PnP against the triangulated points
-            t, r = pose_errors(res.T_world_cam, fr.T_world_cam)
-            t_err.append(t)
-            r_err.append(r)
+            assert t < 0.25 and r < 2.0  # published: within the precision class
     # The depth map of the same 160x120 room gives 0.035-0.10 m, 0.4-1.2 deg (test_relpose_map);
-    # triangulated points carry ~1-3 % depth error on top: a bound of twice the depth map's.
-    assert len(t_err) >= 4
+    # triangulated points carry ~3-5 % depth error on top: a bound of twice the depth map's.
+    assert len(t_err) >= 5
     assert np.median(t_err) < 0.2 and np.median(r_err) < 2.5

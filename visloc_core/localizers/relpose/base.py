@@ -9,11 +9,34 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
 from ...geometry import PinholeCamera
 from ...registry import Registry
+
+
+class ConfigSection:
+    """Mixin of the dataclasses that hold one section of a relpose config (``retrieval:``,
+    ``filtering:``, ...): ``from_dict`` refuses unknown keys (a typo must not fall back to a default
+    silently), then ``validate`` checks the values."""
+
+    section: ClassVar[str] = ""
+
+    @classmethod
+    def from_dict(cls, d: dict | None):
+        d = dict(d or {})
+        unknown = set(d) - set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+        if unknown:
+            known = sorted(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+            raise ValueError(f"unknown {cls.section} keys {sorted(unknown)}; known: {known}")
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise ValueError naming the key when a value is out of range."""
 
 
 @dataclass

@@ -19,10 +19,11 @@ The held-out keyframe's own image is the query (its cached features), its known 
    (translation, rotation) and applied at query time (``metric_covariance``). It absorbs what the
    first-order model leaves out (map point errors, correlated across points). The same for
    direction-only poses.
-2. Decision. The thresholds of :class:`confidence.DecisionConfig` (inliers, coverage) are raised, from
-   the config floors, to the smallest values that keep the precision of the calibration poses they
-   accept at ``target_precision`` or more (right = within 25 cm / 2 deg) when wrong poses exist there,
-   and the localized fraction of the right ones as high as possible.
+2. Decision. The coverage threshold of :class:`confidence.DecisionConfig` is raised, from the config
+   floor, to the smallest value at which at most 1 - ``target_precision`` of the ``near`` poses it
+   accepts, and of the ``unseen`` attempts, are poses of ANOTHER PLACE (errors beyond twice the
+   precision class, 50 cm / 4 deg: a repeated texture, a symmetric hall). Coverage cannot tell a pose
+   30 cm off from a right one; that is the covariance gate's job (confidence.py).
 
 Stored in the artifact as ``calibration.json``; a map without it (built before) uses scale 1 and the
 config thresholds.
@@ -39,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from ...geometry import PinholeCamera, pose_errors
+from .base import ConfigSection
 from .confidence import DecisionConfig
 
 log = logging.getLogger(__name__)
@@ -50,22 +52,16 @@ MIN_SIGMA_PX = 0.3  # floor of the image noise of the PnP covariance (integer-pi
 
 
 @dataclass
-class CalibrationConfig:
+class CalibrationConfig(ConfigSection):
     """``calibration:`` keys of a relpose config."""
+
+    section = "calibration"
 
     enabled: bool = True
     max_queries: int = 120  # held-out keyframes per regime, evenly spread over the map
     exclude_near_m: float | None = None  # None: default_near_m (10 keyframe spacings, capped)
     target_precision: float = 0.99  # of the calibration poses accepted, within 25 cm / 2 deg
     min_scale: float = 1.0  # never make the first-order covariance smaller than it is
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> CalibrationConfig:
-        d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown calibration keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
 
 
 @dataclass
@@ -228,6 +224,12 @@ def _is_right(r: dict) -> bool:
     return r.get("t_err", np.inf) <= RIGHT_T_M and r.get("r_err", np.inf) <= RIGHT_R_DEG
 
 
+def _is_wrong_place(r: dict) -> bool:
+    """A gross error (beyond twice the precision class): the pose of another place, what coverage and
+    ambiguity must keep out. Poses just beyond the class are the covariance gate's to refuse."""
+    return "t_err" in r and (r["t_err"] > 2 * RIGHT_T_M or r["r_err"] > 2 * RIGHT_R_DEG)
+
+
 def fit_covariance_scales(records: list[dict], cfg: CalibrationConfig) -> dict:
     """Per block, the factor that brings the median NEES of the right ``near`` poses to the chi-square
     median (module docstring, 1); keyed like the MapCalibration fields; {} without data."""
@@ -271,18 +273,18 @@ def fit_thresholds(
                 ev = {**ev, "sigma_position_m": ev["sigma_position_m"] * np.sqrt(kt),
                       "sigma_rotation_deg": ev["sigma_rotation_deg"] * np.sqrt(kr)}  # fmt: skip
             ok = ev is not None and decide(Evidence(**ev), c)[0]
-            out.append((r["regime"], ok, _is_right(r)))
+            out.append((r["regime"], ok, not _is_wrong_place(r)))
         return out
 
     def feasible(v) -> bool:
-        near_acc = [right for reg, ok, right in v if reg == "near" and ok]
+        near_acc = [fine for reg, ok, fine in v if reg == "near" and ok]
         n_unseen = sum(reg == "unseen" for reg, _, _ in v)
-        wrong_unseen = sum(ok and not right for reg, ok, right in v if reg == "unseen")
+        wrong_unseen = sum(ok and not fine for reg, ok, fine in v if reg == "unseen")
         near_ok = not near_acc or (sum(near_acc) / len(near_acc)) >= cfg.target_precision
         return near_ok and wrong_unseen <= (1.0 - cfg.target_precision) * max(n_unseen, 1)
 
     wrong_cov = sorted(
-        {float(r["evidence"]["coverage"]) for r in records if r.get("evidence") and not _is_right(r)}
+        {float(r["evidence"]["coverage"]) for r in records if r.get("evidence") and _is_wrong_place(r)}
         | {base.min_coverage}
     )
     chosen = None
@@ -294,8 +296,8 @@ def fit_thresholds(
     stats = {
         "n_near": sum(reg == "near" for reg, _, _ in v),
         "n_unseen": sum(reg == "unseen" for reg, _, _ in v),
-        "near_right_localized": sum(ok and right for reg, ok, right in v if reg == "near"),
-        "near_wrong_localized": sum(ok and not right for reg, ok, right in v if reg == "near"),
+        "near_localized": sum(ok for reg, ok, _ in v if reg == "near"),
+        "near_wrong_place_localized": sum(ok and not fine for reg, ok, fine in v if reg == "near"),
         "unseen_localized": sum(ok for reg, ok, _ in v if reg == "unseen"),
         "feasible": chosen is not None,
     }

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ...geometry import PinholeCamera
+from .base import ConfigSection
 
 GRID = (8, 6)  # coverage cells across (width) and down (height) the image
 
@@ -66,8 +67,10 @@ class Evidence:
 
 
 @dataclass
-class DecisionConfig:
+class DecisionConfig(ConfigSection):
     """``decision:`` keys of a relpose config: what a pose needs to be published as LOCALIZED."""
+
+    section = "decision"
 
     enabled: bool = True  # false: publish every pose the filter gives (paper 003's behaviour, for its numbers)
     min_agreeing_references: int = 1  # references agreeing with the pose
@@ -81,14 +84,6 @@ class DecisionConfig:
     accuracy_deg: float | None = 2.0
     accuracy_level: float = 0.68
     calibrate: bool = True  # raise the thresholds from the map's own leave-one-out run (calibration.py)
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> DecisionConfig:
-        d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown decision keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
 
 
 def coverage_fraction(inlier_uv_N2: np.ndarray, keypoints_uv_M2: np.ndarray | None, camera: PinholeCamera) -> float:

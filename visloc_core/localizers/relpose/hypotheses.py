@@ -62,14 +62,16 @@ from ...geometry import (
     rotvec_from_R,
     triangulate_point_from_rays,
 )
-from .base import RelPoseEstimate
+from .base import ConfigSection, RelPoseEstimate
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class FilterConfig:
+class FilterConfig(ConfigSection):
     """Settings of the hypothesis filter; every key is a config key of ``filtering:``."""
+
+    section = "filtering"
 
     enabled: bool = True  # False: the paper's ablation, the pair of the two top references only, no RANSAC
     alpha_max_deg: float = 10.0  # inlier threshold on the ray-direction angle (paper's alpha_max)
@@ -93,16 +95,9 @@ class FilterConfig:
     fallback_position_sigma_m: float = 5.0  # covariance of a fallback pose (retrieval accuracy)
     fallback_rotation_sigma_deg: float = 20.0
 
-    @classmethod
-    def from_dict(cls, d: dict | None) -> FilterConfig:
-        d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown filtering keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        cfg = cls(**d)
-        if cfg.fallback not in ("top1", "reject"):
-            raise ValueError(f"filtering.fallback must be 'top1' or 'reject', got {cfg.fallback!r}")
-        return cfg
+    def validate(self) -> None:
+        if self.fallback not in ("top1", "reject"):
+            raise ValueError(f"filtering.fallback must be 'top1' or 'reject', got {self.fallback!r}")
 
 
 @dataclass

@@ -53,6 +53,7 @@ from ...geometry.triangulation import (
     triangulate_dlt,
     triangulation_angles_deg,
 )
+from .base import ConfigSection
 from .solvers import normalise_points
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,10 @@ SOURCES = ("auto", "depth", "triangulate", "none")
 
 
 @dataclass
-class StructureConfig:
+class StructureConfig(ConfigSection):
     """``structure:`` keys of a relpose config."""
+
+    section = "structure"
 
     # auto: depth when every keyframe has depth registered to its colour image, else triangulate
     # (for estimators with local features; none for the learned one) | depth | triangulate | none
@@ -76,18 +79,11 @@ class StructureConfig:
     min_track_length: int = 2  # observations (keyframes) per point
     refine_iterations: int = 10  # Gauss-Newton iterations per point, poses fixed (0 = DLT only)
 
-    @classmethod
-    def from_dict(cls, d: dict | None) -> StructureConfig:
-        d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown structure keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        cfg = cls(**d)
-        if cfg.source not in SOURCES:
-            raise ValueError(f"structure.source must be one of {', '.join(SOURCES)}, got {cfg.source!r}")
-        if cfg.min_track_length < 2:
+    def validate(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"structure.source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+        if self.min_track_length < 2:
             raise ValueError("structure.min_track_length must be >= 2 (one view does not fix a point)")
-        return cfg
 
 
 @dataclass
