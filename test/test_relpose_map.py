@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from relpose_scene import write_dataset
+from relpose_scene import build_map_cli, write_dataset
 
-from visloc_core.cli import main as visloc_main
 from visloc_core.data.layout import Dataset
 from visloc_core.geometry import pose_errors
 from visloc_core.localizers import Status, load_localizer
@@ -25,12 +24,7 @@ def room(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def xfeat_map(room, tmp_path_factory):
-    out = tmp_path_factory.mktemp("maps") / "xfeat"
-    code = visloc_main(
-        ["map", "build", CFG, "--data", str(room), "--out", str(out), "--set", "image_size=null", "--no-progress"]
-    )
-    assert code == 0
-    return out
+    return build_map_cli(room, tmp_path_factory.mktemp("maps") / "xfeat", cfg=CFG)
 
 
 def _evaluate(loc, room, **kw):

@@ -9,9 +9,8 @@ import json
 import cv2
 import numpy as np
 import pytest
-from relpose_scene import write_dataset
+from relpose_scene import build_map_cli, write_dataset
 
-from visloc_core.cli import main as visloc_main
 from visloc_core.data.layout import Dataset
 from visloc_core.geometry import R_from_rotvec, T_from_R_t, invert_T, pose_errors
 from visloc_core.geometry.triangulation import (
@@ -114,11 +113,7 @@ def room(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def triangulated_map(room, tmp_path_factory):
-    out = tmp_path_factory.mktemp("maps") / "tri"
-    args = ["map", "build", CFG, "--data", str(room), "--out", str(out), "--no-progress", "--set", "image_size=null",
-            "--set", "structure.source=triangulate"]  # fmt: skip
-    assert visloc_main(args) == 0
-    return out
+    return build_map_cli(room, tmp_path_factory.mktemp("maps") / "tri", "structure.source=triangulate", cfg=CFG)
 
 
 def test_triangulated_points_agree_with_the_renderers_depth(triangulated_map, room):
