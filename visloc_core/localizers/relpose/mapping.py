@@ -377,10 +377,10 @@ def build_map(
 
         # 6. the map calibrates itself: its keyframes localized against the rest (calibration.py)
         if calibration_cfg.enabled and len(keyframes) >= 3 and cfg["estimator"]["name"] != "learned":
+            from ..loading import load_localizer  # by kind, not `.localizer`: that module imports this one
             from .calibration import calibrate
-            from .localizer import RelposeLocalizer
 
-            cal = calibrate(RelposeLocalizer(tmp, device), calibration_cfg, progress)
+            cal = calibrate(load_localizer(tmp, device), calibration_cfg, progress)
             cal.save(tmp / "calibration.json")
             meta["calibration"] = {k: v for k, v in cal.__dict__.items() if k != "stats"} | {
                 "seconds": cal.stats["seconds"]
