@@ -95,3 +95,15 @@ def write_dataset(out: Path, n_train: int = 24, n_test: int = 6, size: tuple[int
                 w.add_frame("room", seq, f"{i:04d}", i * 100_000_000, T, cam, rgb, depth_m_HW=depth)
             w.set_split(split, [f"room/{seq}"])
     return out
+
+
+def build_map_cli(data: Path, out: Path, *sets: str, cfg: str = "config/models/relpose_xfeat.yaml") -> Path:
+    """``visloc map build CFG`` of a test dataset at its own image size (``image_size=null``), with
+    extra ``--set key=value`` overrides; asserts the command succeeded."""
+    from visloc_core.cli import main
+
+    args = ["map", "build", cfg, "--data", str(data), "--out", str(out), "--no-progress", "--set", "image_size=null"]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 0
+    return out

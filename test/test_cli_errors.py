@@ -129,6 +129,7 @@ def test_top_level_help_names_the_nested_commands(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "dataset from-bag: make a dataset from a rosbag2 recording" in text
     assert "map build: build a retrieval map" in text
+    assert "; info: what a relpose map holds" in text  # a group of several commands names each
 
 
 @pytest.mark.parametrize(

@@ -268,3 +268,38 @@ def test_cli_convert_and_overwrite(tmp_path, capsys):
     assert cli_main(args) == 2 and "--overwrite" in capsys.readouterr().err  # refuses to replace
     assert cli_main([*args, "--overwrite"]) == 0
     assert len(Dataset(tmp_path / "ds").frames(split="test")) == 3
+
+
+def test_synthetic_scene_in_7scenes_layout_round_trips_through_the_converter(tmp_path):
+    """`visloc synth --format 7scenes` writes what 7-Scenes ships (colour, unregistered depth of a depth
+    camera 2.5 cm to the side, pose.txt of the depth camera); `visloc convert 7scenes --depth` reads it
+    back; a relpose map of it triangulates (its depth is marked unregistered and is never used as such)."""
+    from visloc_core.data.synth import load_scene, plan_sequence
+    from visloc_core.data.synth.sevenscenes import DEPTH_BASELINE_M
+    from visloc_core.geometry import invert_T
+    from visloc_core.localizers.relpose.mapping import structure_source
+
+    src, out = tmp_path / "src", tmp_path / "ds"
+    assert cli_main(["synth", "indoor_room", "--format", "7scenes", "--out", str(src), "--max-frames", "2",
+                     "--no-progress"]) == 0  # fmt: skip
+    root = src / "indoor_room"
+    assert (root / "TrainSplit.txt").read_text().split() == ["sequence1", "sequence2"]
+    assert (root / "TestSplit.txt").read_text().split() == [f"sequence{i}" for i in range(3, 8)]  # no unmapped
+    color = cv2.imread(str(root / "seq-01" / "frame-000000.color.png"))
+    depth = cv2.imread(str(root / "seq-01" / "frame-000000.depth.png"), cv2.IMREAD_UNCHANGED)
+    assert color.shape == (480, 640, 3) and depth.dtype == np.uint16 and depth.shape == (480, 640)
+    spec = load_scene("indoor_room")
+    T_color = plan_sequence(spec, 0).T_world_cam[0]  # frame 0 is the start of the path at any length
+    T_pose = sevenscenes.read_pose_file(root / "seq-01" / "frame-000000.pose.txt")
+    # the pose file holds the depth camera: the colour camera's pose moved 2.5 cm along its own x axis
+    np.testing.assert_allclose(invert_T(T_color) @ T_pose, np.r_[np.c_[np.eye(3), [DEPTH_BASELINE_M, 0, 0]], [[0, 0, 0, 1]]],
+                               atol=1e-6)  # fmt: skip
+    assert cli_main(["convert", "7scenes", str(src), "--out", str(out), "--depth", "--no-progress"]) == 0
+    ds = Dataset(out)
+    assert ds.manifest["depth_registered"] is False
+    frames = ds.frames("train")
+    np.testing.assert_allclose(frames[0].T_world_cam, T_pose, atol=1e-9)
+    assert frames[0].camera.fx == 525.0 and all(f.depth for f in frames)
+    assert structure_source("auto", ds, frames, "xfeat") == "triangulate"
+    with pytest.raises(ValueError, match="not registered"):
+        structure_source("depth", ds, frames, "xfeat")

@@ -318,3 +318,30 @@ def test_scene_classification_and_reasons(tmp_path) -> None:
     rows = read_frames_csv(tmp_path / "frames.csv")
     assert [r["predicted_scene"] for r in rows] == ["A", "A", "B", "", "B", "A", "B"]
     assert rows[5]["status_reason"] == "pose outside the mapped region" and rows[0]["status_reason"] == ""
+
+
+def test_precision_fallbacks_and_refusal_of_unmapped_views_by_hand() -> None:
+    """Precision = fraction of the LOCALIZED frames within 25 cm / 2 deg and 5 cm / 5 deg; fallbacks
+    counted apart; frames of condition 'unmapped' scored by the fraction refused."""
+    fb = _frame(7, "A", "s1", "normal", "LOCALIZED", 1.0, 10.0, 10.0)
+    fb.extras["fallback"] = True
+    um = [
+        _frame(8, "A", "u", "unmapped", "NOT_LOCALIZED", 0, 0, 10.0),
+        _frame(9, "A", "u", "unmapped", "REJECTED", 0, 0, 10.0),
+        _frame(10, "A", "u", "unmapped", "LOCALIZED", 3.0, 20.0, 10.0),
+    ]
+    rep = summarize(_outcomes() + [fb] + um)
+    # LOCALIZED frames 0, 1, 2, 4, 6 (covered), 7 (fallback), 10 (unmapped): 7 published
+    # within 25 cm / 2 deg: 2 (3 cm, 1 deg) and 6 (20 cm, 1.5 deg); within 5 cm / 5 deg: 2 only
+    assert rep["precision"]["0.25m_2deg"] == pytest.approx(2 / 7)
+    assert rep["precision"]["0.05m_5deg"] == pytest.approx(1 / 7)
+    assert rep["n_fallback"] == 1 and rep["precision_without_fallback"]["0.25m_2deg"] == pytest.approx(2 / 6)
+    cov = rep["covered"]  # frames 0-7
+    assert cov["n_frames"] == 8 and cov["n_localized"] == 6 and cov["precision"]["0.25m_2deg"] == pytest.approx(2 / 6)
+    assert rep["unmapped"] == {
+        "n_frames": 3, "n_refused": 2, "refused_fraction": pytest.approx(2 / 3), "n_localized": 1, "n_fallback": 0,
+        "conditions": ["unmapped"],
+    }  # fmt: skip
+    assert rep["per_condition"]["unmapped"]["localized_fraction"] == pytest.approx(1 / 3)
+    # without unmapped frames the report has no such blocks
+    assert "unmapped" not in summarize(_outcomes()) and "covered" not in summarize(_outcomes())

@@ -12,6 +12,7 @@ from visloc_core.localizers.relpose.base import RELPOSE_ESTIMATORS, Keyframe
 from visloc_core.localizers.relpose.features import LocalFeatures, XFeatExtractor, match_mutual_nn
 from visloc_core.localizers.relpose.geometric import GeometricConfig, sample_depth
 from visloc_core.localizers.relpose.solvers import normalise_points, solve_essential, solve_pnp
+from visloc_core.localizers.relpose.structure import model_from_depth
 
 
 def _tdir_err_deg(t_est, t_true):
@@ -193,13 +194,23 @@ def test_fold_batchnorm_keeps_the_outputs():
     torch.testing.assert_close(folded(x), net(x), atol=1e-5, rtol=1e-5)
 
 
+def _keyframe_with_depth(est, T_world_r, cam, rgb_r, depth_path) -> Keyframe:
+    """A keyframe with the estimator's features and its keypoints lifted with the rendered depth."""
+    kf = Keyframe("r", T_world_r, cam)
+    est.prepare_keyframe(kf, rgb_r)
+    kp = est.keyframe_features(kf).keypoints_N2
+    depth = cv2.imread(depth_path, cv2.IMREAD_UNCHANGED).astype(np.float32) / 1000.0
+    kf.points_world_N3 = model_from_depth([kp], [sample_depth(depth, kp)], T_world_r[None], [cam]).keyframe_points(0)
+    return kf
+
+
 @pytest.mark.parametrize("matcher", ["mnn", "lighterglue"])
 def test_xfeat_estimator_metric_pose_by_pnp(rendered_pair, matcher):
     cam, T_world_r, T_world_q, rgb_r, rgb_q, depth_path = rendered_pair
     est = RELPOSE_ESTIMATORS.build("xfeat", {"matcher": matcher}, "cpu")
-    kf = Keyframe("r", T_world_r, cam, depth_path=depth_path)
-    est.prepare_keyframe(kf, rgb_r)
-    assert kf.cache["xfeat_depth"].shape == kf.cache["xfeat_keypoints"].shape[:1]
+    kf = _keyframe_with_depth(est, T_world_r, cam, rgb_r, depth_path)
+    assert kf.points_world_N3.shape == (len(kf.cache["xfeat_keypoints"]), 3)
+    assert np.isfinite(kf.points_world_N3).all()  # the room has depth everywhere
     (e,) = est.estimate(rgb_q, cam, [kf])
     truth = invert_T(T_world_q) @ T_world_r
     assert e.ok and e.metric and e.cheirality_checked and e.num_inliers >= 50
@@ -265,8 +276,7 @@ def test_no_essential_fallback_when_pnp_fails_on_a_metric_map(rendered_pair):
     results = {}
     for fallback in (False, True):
         est = RELPOSE_ESTIMATORS.build("xfeat", {"min_pnp_inliers": 10**6, "essential_fallback": fallback}, "cpu")
-        kf = Keyframe("r", T_world_r, cam, depth_path=depth_path)
-        est.prepare_keyframe(kf, rgb_r)
+        kf = _keyframe_with_depth(est, T_world_r, cam, rgb_r, depth_path)
         (results[fallback],) = est.estimate(rgb_q, cam, [kf])
     assert not results[False].ok
     e = results[True]

@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from relpose_scene import write_dataset
+from relpose_scene import build_map_cli, write_dataset
 
-from visloc_core.cli import main as visloc_main
 from visloc_core.data.layout import Dataset
 from visloc_core.geometry import pose_errors
 from visloc_core.localizers import Status, load_localizer
@@ -25,12 +24,7 @@ def room(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def xfeat_map(room, tmp_path_factory):
-    out = tmp_path_factory.mktemp("maps") / "xfeat"
-    code = visloc_main(
-        ["map", "build", CFG, "--data", str(room), "--out", str(out), "--set", "image_size=null", "--no-progress"]
-    )
-    assert code == 0
-    return out
+    return build_map_cli(room, tmp_path_factory.mktemp("maps") / "xfeat", cfg=CFG)
 
 
 def _evaluate(loc, room, **kw):
@@ -52,32 +46,36 @@ def test_artifact_is_self_contained(xfeat_map, room):
     assert not list(xfeat_map.parent.glob(".xfeat.partial-*"))  # the temporary folder was renamed
     with np.load(xfeat_map / "features.npz") as z:
         assert z["0/xfeat_descriptors"].dtype == np.float16
-        assert z["0/xfeat_depth"].shape == z["0/xfeat_keypoints"].shape[:1]
+        n_kp = len(z["0/xfeat_keypoints"])
+    with np.load(xfeat_map / "points.npz") as z:  # one world point per keypoint with depth
+        assert str(z["source"]) == "depth" and z["kf_offsets"][1] == n_kp and (z["track_length"] == 1).all()
 
 
 def test_localizes_queries_with_metric_accuracy(xfeat_map, room):
     loc = load_localizer(xfeat_map)
     assert isinstance(loc, RelposeLocalizer) and loc.method == "relpose/xfeat"
     results = _evaluate(loc, room)
-    t_err = np.array([r[2] for r in results])
-    r_err = np.array([r[3] for r in results])
-    metric = [r for r in results if not r[1].extras["fallback"]]
-    for _, res, _, _ in results:
-        assert res.status == Status.LOCALIZED  # a fallback is LOCALIZED with the top-1 pose (paper)
+    for _, res, t, r in results:
         assert len(res.reference_ids) == 5 and all(k.startswith("room/map/") for k in res.reference_ids)
         assert {"retrieval", "features", "matching", "geometry", "filtering", "total"} <= set(res.stage_seconds)
-        assert np.all(np.linalg.eigvalsh(res.covariance_66) > 0)
-    # At 160x120 (f = 96 px) XFeat keypoints are ~1-2 px precise: measured 0.035-0.10 m, 0.4-1.2 deg
-    # for 3 of 4 queries; one query's retrieval misses its nearest keyframe and falls back to top-1.
-    assert len(metric) >= 3
-    for _, res, t, r in metric:
-        assert res.extras["metric"] and res.extras["joint_pnp"] and res.num_inliers > 50 and 0 < res.confidence <= 1
-        assert t < 0.15 and r < 2.0, (t, r)
-    for _, res, t, _ in results:
+        # a fallback (too few agreeing references) never leaves as LOCALIZED by default
+        assert not (res.extras["fallback"] and res.status == Status.LOCALIZED)
+        if res.status == Status.LOCALIZED:
+            assert res.extras["metric"] and res.num_inliers > 50 and 0 < res.confidence <= 1
+            assert np.all(np.linalg.eigvalsh(res.covariance_66) > 0)
+            # a published pose is within the precision class (25 cm / 2 deg); at 160x120 (f = 96 px)
+            # measured 0.035-0.10 m, 0.4-1.2 deg
+            assert t < 0.25 and r < 2.0, (t, r)
+        else:
+            assert res.status == Status.NOT_LOCALIZED and res.status_reason and np.all(np.isnan(res.T_world_cam))
+    assert sum(res.status == Status.LOCALIZED for _, res, _, _ in results) >= 2
+    # paper 003's behaviour stays selectable: every query gets a pose, fallbacks flagged (top-1 pose)
+    paper = RelposeLocalizer(xfeat_map, overrides={"filtering": {"fallback": "top1"}, "decision": {"enabled": False}})
+    for _, res, t, _ in _evaluate(paper, room):
+        assert res.status == Status.LOCALIZED
         if res.extras["fallback"]:
             assert res.confidence == 0 and "fallback" in res.status_reason
             assert t < 1.5  # top-1 retrieved keyframe: on the same side of the room
-    assert np.median(t_err) < 0.12 and np.median(r_err) < 1.5
 
 
 def test_direction_only_triangulation_and_ablation(xfeat_map, room):
@@ -86,7 +84,8 @@ def test_direction_only_triangulation_and_ablation(xfeat_map, room):
     # (accuracy of this path is measured at 320x240 by `visloc bench relpose`; at 160x120 the
     # translation directions are noisy, so queries may fall back: here we check the plumbing and the
     # fallback contract.)
-    loc = RelposeLocalizer(xfeat_map, overrides={"estimator": {"pnp": False}})
+    paper = {"filtering": {"fallback": "top1"}, "decision": {"enabled": False}}
+    loc = RelposeLocalizer(xfeat_map, overrides={"estimator": {"pnp": False}, **paper})
     for _, res, t, _ in _evaluate(loc, room):
         assert res.status == Status.LOCALIZED and not res.extras["metric"]
         if res.extras["fallback"]:
@@ -94,7 +93,10 @@ def test_direction_only_triangulation_and_ablation(xfeat_map, room):
             np.testing.assert_array_equal(res.T_world_cam, top.T_world_cam)
         else:
             assert len(res.extras["inlier_references"]) >= 2 and t < 1.0
-    plain = RelposeLocalizer(xfeat_map, overrides={"estimator": {"pnp": False}, "filtering": {"enabled": False}})
+    plain = RelposeLocalizer(
+        xfeat_map,
+        overrides={"estimator": {"pnp": False}, "filtering": {"enabled": False}, "decision": {"enabled": False}},
+    )
     for _, res, _, _ in _evaluate(plain, room):
         assert res.extras["hypotheses"] <= 1
 
@@ -141,11 +143,13 @@ def test_bad_input_is_reported(xfeat_map, room, tmp_path):
 def test_sift_baseline_map(room, tmp_path):
     cfg = load_config("config/models/relpose_sift.yaml")
     cfg["image_size"] = None
+    cfg["calibration"] = {"enabled": False}
     out = build_map(cfg, room, tmp_path / "sift", progress=False)
-    loc = load_localizer(out)
+    assert not (out / "calibration.json").exists()
+    loc = RelposeLocalizer(out, overrides={"filtering": {"fallback": "top1"}, "decision": {"enabled": False}})
     assert loc.method == "relpose/sift"
     results = _evaluate(loc, room)
-    assert all(r[1].status == Status.LOCALIZED for r in results)  # fallback counts as a pose (paper)
+    assert all(r[1].status == Status.LOCALIZED for r in results)  # paper behaviour: a fallback is a pose
     assert all(np.isfinite(r[2]) for r in results)
 
 

@@ -4,6 +4,7 @@ to the dataset, determinism, conditions, occluders, spec checks, presets and the
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -277,9 +278,17 @@ def test_presets_queries_leave_the_mapping_path(preset):
         dist = np.linalg.norm(C_q[:, None] - C_map[None], axis=2).min(1)
         assert np.median(dist) > 0.15, f"{spec.sequences[i].name} runs on a mapping path"
     assert any(spec.conditions[spec.sequences[i].condition].people > 0 for i in test)
-    # no camera path runs through furniture, buildings or walls
+    # no camera path runs through furniture, buildings or walls; the unmapped views (split test_unmapped)
+    # run in an annex outside the room's box (negative room clearance, by design): there only the
+    # boxes (the annex's walls and furniture) count
+    unmapped = [i for i, s in enumerate(spec.sequences) if s.split == "test_unmapped"]
     for i in range(len(spec.sequences)):
-        assert clearance_m(spec, plan_sequence(spec, i).T_world_cam[:, :3, 3]).min() > 0.5
+        C = plan_sequence(spec, i).T_world_cam[:, :3, 3]
+        if i in unmapped and spec.room is not None:
+            assert clearance_m(spec, C).max() < 0  # outside the mapped room
+            assert clearance_m(dataclasses.replace(spec, room=None), C).min() > 0.5
+        else:
+            assert clearance_m(spec, C).min() > 0.5
 
 
 def test_clearance_against_a_box_and_the_room():
@@ -311,7 +320,7 @@ def test_cli_writes_dataset_preview_and_refuses_overwrite(tmp_path, capsys):
     assert main(args) == 0
     mf = json.loads((out / "manifest.json").read_text())
     assert mf["source"]["type"] == "synth" and mf["source"]["size"] == [64, 48]
-    assert set(mf["splits"]) == {"train", "test"}
+    assert set(mf["splits"]) == {"train", "test", "test_unmapped"}  # the annex the map never sees
     assert mf["sequences"]["indoor_room/query_night"]["condition"] == "night"
     assert (out / "preview.png").stat().st_size > 1000
     ds = Dataset(out)

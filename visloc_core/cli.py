@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dataset from-bag": ("from_bag", "make a dataset from a rosbag2 recording (sqlite3 or mcap)"),
     "train": ("train", "train an absolute pose regressor into an artifact folder"),
     "map build": ("map_build", "build a retrieval map for relative-pose localization"),
+    "map info": ("map_info", "what a relpose map holds: keyframes, 3D points, tracks, errors, calibration"),
     "eval": ("evaluate", "evaluate an artifact on a dataset split: report.json, frames.csv, plots"),
     "replay": ("replay", "replay a bag through the real localizer node and score it"),
     "bench": ("bench", "speed and memory benchmarks, side by side with baselines"),
@@ -43,8 +44,9 @@ def _build_parser() -> argparse.ArgumentParser:
         target = sub
         if len(parts) == 2:
             if parts[0] not in groups:
-                members = [n.split()[1] for n in COMMANDS if n.split()[0] == parts[0] and " " in n]
-                group_help = " | ".join(members) + (f": {help_text}" if len(members) == 1 else "")
+                # every nested command with its own help, so the top-level --help names what each does
+                members = [n for n in COMMANDS if n.split()[0] == parts[0] and " " in n]
+                group_help = "; ".join(f"{n.split()[1]}: {COMMANDS[n][1]}" for n in members)
                 gp = sub.add_parser(parts[0], help=group_help)
                 groups[parts[0]] = gp.add_subparsers(dest=f"{parts[0]}_command", metavar="COMMAND", required=True)
             target = groups[parts[0]]

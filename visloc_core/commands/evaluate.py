@@ -37,7 +37,13 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("artifact", help="artifact folder from `visloc train` or `visloc map build`")
     parser.add_argument("--data", required=True, help="dataset folder in the visloc layout")
-    parser.add_argument("--split", default="test", help="split of the dataset to evaluate (default: test)")
+    parser.add_argument(
+        "--split",
+        nargs="+",
+        default=["test"],
+        help="split(s) of the dataset to evaluate (default: test); e.g. --split test test_unmapped adds the "
+        "synthetic presets' views of places the map never saw, scored by refusal",
+    )
     parser.add_argument(
         "--condition",
         default=None,
@@ -67,9 +73,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def select_frames(
-    ds: Dataset, split: str, condition: str | None, scenes: list[str] | None, limit: int | None
+    ds: Dataset, split: str | list[str], condition: str | None, scenes: list[str] | None, limit: int | None
 ) -> tuple[list[FrameRecord], dict[str, str]]:
-    """Frames to evaluate and the condition of each sequence (key scene/sequence)."""
+    """Frames to evaluate (of one split or several, in that order) and the condition of each sequence
+    (key scene/sequence)."""
+    if not isinstance(split, str):
+        frames, conditions = [], {}
+        for sp in split:
+            f, c = select_frames(ds, sp, None, scenes, None)
+            frames += f
+            conditions.update(c)
+        if condition is not None:
+            if condition not in set(conditions.values()):
+                raise ValueError(
+                    f"--condition {condition!r}: no such sequences in splits {split}; "
+                    f"conditions there: {sorted(set(conditions.values()))}"
+                )
+            frames = [x for x in frames if conditions[f"{x.scene}/{x.sequence}"] == condition]
+        return _limit(frames, limit), conditions
     seqs = ds.sequences(split)
     known_scenes = sorted({s.scene for s in seqs})
     if scenes:
@@ -85,13 +106,17 @@ def select_frames(
     frames = [f for f in ds.frames(split, condition=condition) if not scenes or f.scene in scenes]
     if not frames:
         raise ValueError(f"no frames selected from split {split!r} of {ds.root}")
+    return _limit(frames, limit), conditions
+
+
+def _limit(frames: list[FrameRecord], limit: int | None) -> list[FrameRecord]:
     if limit is not None:
         if limit < 1:
             raise ValueError(f"--limit must be >= 1, got {limit}")
         if limit < len(frames):
             idx = np.unique(np.linspace(0, len(frames) - 1, limit).round().astype(int))
             frames = [frames[i] for i in idx]
-    return frames, conditions
+    return frames
 
 
 def outcome_from_result(
@@ -106,6 +131,7 @@ def outcome_from_result(
         "stage_seconds": dict(result.stage_seconds),
         "predicted_scene": result.scene,
         "reference_ids": list(result.reference_ids),
+        "fallback": bool(result.extras.get("fallback", False)),
     }
     if status == Status.REJECTED and T_est.shape == (4, 4) and np.all(np.isfinite(T_est)):
         extras["T_world_cam_rejected"] = T_est.copy()
@@ -127,6 +153,10 @@ def outcome_from_result(
     )
 
 
+def _pct(d: dict | None, key: str) -> str:
+    return "-" if not d else f"{100 * d[key]:.1f}%"
+
+
 def _fmt(x: float | None, digits: int = 3) -> str:
     return "inf" if x is None else f"{x:.{digits}f}"
 
@@ -137,8 +167,15 @@ def print_summary(report: dict, out: Path) -> None:
     from rich.table import Table
 
     title = f"visloc eval: {out}" + (" (PARTIAL: interrupted)" if report["partial"] else "")
-    table = Table(title=title, caption="recall = fraction of all frames within both bounds")
-    headers = ("subset", "n", "localized", "med m", "med °", "5cm5°", "25cm2°", "50cm5°", "5m10°", "ms med/p95")
+    table = Table(
+        title=title,
+        caption="recall = fraction of all frames within both bounds; prec = fraction of the LOCALIZED frames; "
+        "fallback = LOCALIZED with a fallback pose",
+    )
+    headers = (
+        "subset", "n", "localized", "med m", "med °", "5cm5°", "25cm2°", "5m10°", "prec 25cm2°", "prec 5cm5°",
+        "fallback", "ms med/p95",
+    )  # fmt: skip
     for col in headers:
         table.add_column(col, justify="left" if col == "subset" else "right")
 
@@ -153,22 +190,32 @@ def print_summary(report: dict, out: Path) -> None:
             _fmt(s["median_rotation_deg"], 2),
             f"{100 * rec['0.05m_5deg']:.1f}%",
             f"{100 * rec['0.25m_2deg']:.1f}%",
-            f"{100 * rec['0.5m_5deg']:.1f}%",
             f"{100 * rec['5m_10deg']:.1f}%",
+            _pct(s.get("precision"), "0.25m_2deg"),
+            _pct(s.get("precision"), "0.05m_5deg"),
+            str(s.get("n_fallback", 0)),
             f"{_fmt(lat['median'], 1)}/{_fmt(lat['p95'], 1)}",
         )
 
     row("all", report)
+    if report.get("covered"):
+        row("covered", report["covered"])
     if len(report["per_condition"]) > 1:
         for c, s in report["per_condition"].items():
-            row(f"condition {c}", s)
+            row(c, s)
     if len(report["per_scene"]) > 1:
         for sc, s in report["per_scene"].items():
-            row(f"scene {sc}", s)
+            row(sc, s)
     console = Console()
     if not console.is_terminal:  # piped or logged: do not squeeze the table into 80 columns
-        console = Console(width=120)
+        console = Console(width=140)
     console.print(table)
+    um = report.get("unmapped")
+    if um:
+        console.print(
+            f"views the map never saw ({', '.join(um['conditions'])}): {um['n_refused']}/{um['n_frames']} refused "
+            f"({100 * um['refused_fraction']:.1f}%), {um['n_localized']} LOCALIZED (wrong by construction)"
+        )
     avg = report["average_of_scene_medians"]
     if avg["n_scenes"] > 1:
         console.print(
@@ -209,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
         "artifact_kind": art_meta.get("kind"),
         "method": getattr(localizer, "method", ""),
         "dataset": str(ds.root.resolve()),
-        "split": args.split,
+        "split": args.split[0] if isinstance(args.split, list) and len(args.split) == 1 else args.split,
         "condition": args.condition,
         "scenes": args.scenes,
         "limit": args.limit,

@@ -103,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
     summary = {
         "frames": report["n_frames"],
         "localized": report["n_localized"],
+        "localized_fraction": report["localized_fraction"],
+        "precision_of_localized": report["precision"],
+        "fallbacks": report["n_fallback"],
         "median_translation_m": report["median_translation_m"],
         "median_rotation_deg": report["median_rotation_deg"],
         "recall": report["recall"],

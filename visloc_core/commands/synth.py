@@ -87,6 +87,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="deflate level of the RGB PNGs (default 0 = uncompressed: fastest, ~1.5x the disk of level 1; "
         "lossless at every level)",
     )
+    parser.add_argument(
+        "--format",
+        choices=("visloc", "7scenes"),
+        default="visloc",
+        help="visloc: the dataset layout (default); 7scenes: the layout of Microsoft 7-Scenes as distributed "
+        "(640x480 colour, depth NOT registered, pose.txt of the depth camera; one scene), to be read back by "
+        "`visloc convert 7scenes` (data/synth/sevenscenes.py)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing DATASET and bags")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -103,6 +111,21 @@ def run(args: argparse.Namespace) -> int:
         if args.seed is not None:
             spec.seed = int(args.seed)
         specs.append(apply_overrides(spec, size=args.size, max_frames=args.max_frames))
+    if args.format == "7scenes":
+        from ..data.synth.sevenscenes import write_7scenes
+
+        if len(specs) != 1 or args.bag or args.size:
+            raise ValueError("--format 7scenes writes one scene at 640x480 without bags (drop --bag/--size)")
+        spec = load_scene(args.scene[0])
+        if args.seed is not None:
+            spec.seed = int(args.seed)
+        try:
+            out = write_7scenes(spec, args.out, args.overwrite, not args.no_progress, max_frames=args.max_frames)
+        except RendererUnavailableError as err:
+            print(f"visloc synth: error: {err}", file=sys.stderr)
+            return 2
+        print(f"wrote {out} (7-Scenes layout; read it with `visloc convert 7scenes {out} --out DATASET`)")
+        return 0
     try:
         out = generate(
             specs,

@@ -10,10 +10,15 @@ disk always belongs to complete companion files):
     that is not LOCALIZED (NOT_LOCALIZED or REJECTED) has infinite error, so a median is infinite
     when half the frames or more are missing and a mean is infinite when any is; ``*_localized``
     variants over the LOCALIZED frames only; ``recall`` at geometry.metrics.RECALL_THRESHOLDS (keys
-    like ``"0.25m_2deg"``; fraction of ALL frames within both bounds); ``latency_ms`` {median, p95,
+    like ``"0.25m_2deg"``; fraction of ALL frames within both bounds); ``precision`` (fraction of the
+    LOCALIZED frames within 25 cm / 2 deg and 5 cm / 5 deg: how many published poses were right),
+    ``n_fallback`` (LOCALIZED frames whose pose is a fallback, e.g. paper 003's top-1 retrieved pose,
+    not a measurement) and ``precision_without_fallback``; ``latency_ms`` {median, p95,
     mean, max} (numpy's linear-interpolation percentile); ``per_scene``, ``per_condition`` and
     ``per_scene_condition`` (keys "scene/condition") with the same statistics per subset, e.g. "normal"
-    vs shifted conditions; ``average_of_scene_medians`` (the
+    vs shifted conditions; ``covered`` (the same statistics over the frames the map covers) and
+    ``unmapped`` (frames of condition ``unmapped``, views of what the map never saw: ``refused_fraction``
+    = fraction NOT_LOCALIZED or REJECTED), present when such frames were evaluated; ``average_of_scene_medians`` (the
     7-Scenes/Cambridge table convention: mean over scenes of each scene's median); ``rejected``
     (how far off the rejected estimates were, from ``extras["T_world_cam_rejected"]``, to judge the
     rejection gate); ``scene_classification`` (accuracy of ``extras["predicted_scene"]`` when the localizer
@@ -106,13 +111,36 @@ def _mean(x: np.ndarray) -> float:
     return float(np.mean(x)) if np.size(x) else math.nan
 
 
-def subset_stats(t_err: np.ndarray, r_err: np.ndarray, status: Sequence[str], latency_ms: np.ndarray) -> dict:
+#: condition label of query frames that look at what the map never saw (config/scenes/*.yaml,
+#: split test_unmapped): the right answer there is NOT_LOCALIZED, so they are scored by refusal.
+UNMAPPED_CONDITIONS: frozenset[str] = frozenset({"unmapped"})
+
+#: precision of published poses: fraction of LOCALIZED frames within these bounds
+PRECISION_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.25, 2.0), (0.05, 5.0))
+
+
+def is_fallback(o: FrameOutcome) -> bool:
+    """A LOCALIZED frame whose pose is a fallback (paper 003's top-1 retrieved pose), not a measurement."""
+    if o.status != "LOCALIZED":
+        return False
+    return bool(o.extras.get("fallback")) or str(o.extras.get("status_reason") or "").startswith("fallback")
+
+
+def subset_stats(
+    t_err: np.ndarray,
+    r_err: np.ndarray,
+    status: Sequence[str],
+    latency_ms: np.ndarray,
+    fallback: Sequence[bool] | None = None,
+) -> dict:
     """The statistics of report.json for one set of frames (see the module docstring)."""
     t_err, r_err, lat = (np.asarray(a, dtype=np.float64) for a in (t_err, r_err, latency_ms))
     status = list(status)
     loc = np.isfinite(t_err) & np.isfinite(r_err)
     n = len(status)
     lat_ok = lat[np.isfinite(lat)]
+    fb = np.zeros(n, bool) if fallback is None else np.asarray(fallback, bool)
+    measured = loc & ~fb
     return {
         "n_frames": n,
         "n_localized": int(loc.sum()),
@@ -128,6 +156,12 @@ def subset_stats(t_err: np.ndarray, r_err: np.ndarray, status: Sequence[str], la
         "mean_translation_m_localized": _mean(t_err[loc]),
         "mean_rotation_deg_localized": _mean(r_err[loc]),
         "recall": recall_at_thresholds(t_err, r_err, RECALL_THRESHOLDS),
+        # Of the poses that were published (LOCALIZED), how many were right: what a robot fusing them sees.
+        "precision": recall_at_thresholds(t_err[loc], r_err[loc], PRECISION_THRESHOLDS) if loc.any() else None,
+        "n_fallback": int((loc & fb).sum()),
+        "precision_without_fallback": (
+            recall_at_thresholds(t_err[measured], r_err[measured], PRECISION_THRESHOLDS) if measured.any() else None
+        ),
         "latency_ms": {
             "median": float(np.median(lat_ok)) if lat_ok.size else math.nan,
             "p95": float(np.percentile(lat_ok, 95)) if lat_ok.size else math.nan,
@@ -158,15 +192,30 @@ def summarize(outcomes: Sequence[FrameOutcome], meta: dict | None = None, partia
     t_err, r_err = frame_errors(outcomes)
     status = [o.status for o in outcomes]
     lat = np.array([o.latency_ms for o in outcomes], dtype=np.float64)
+    fb = np.array([is_fallback(o) for o in outcomes], bool)
     report: dict[str, Any] = {"format": REPORT_FORMAT, "version": REPORT_VERSION, "partial": bool(partial)}
-    report.update(subset_stats(t_err, r_err, status, lat))
+    report.update(subset_stats(t_err, r_err, status, lat, fb))
+
+    def stats_of(idx: np.ndarray) -> dict:
+        return subset_stats(t_err[idx], r_err[idx], [s for s, m in zip(status, idx) if m], lat[idx], fb[idx])
 
     def groups(key: Callable[[FrameOutcome], str]) -> dict[str, dict]:
-        out = {}
-        for g in sorted({key(o) for o in outcomes}):
-            idx = np.array([key(o) == g for o in outcomes])
-            out[g] = subset_stats(t_err[idx], r_err[idx], [s for s, m in zip(status, idx) if m], lat[idx])
-        return out
+        return {g: stats_of(np.array([key(o) == g for o in outcomes])) for g in sorted({key(o) for o in outcomes})}
+
+    # Covered views (the map saw their content) are scored by accuracy and precision; views of what
+    # the map never saw (condition "unmapped") by refusal: any pose published there is wrong.
+    unmapped = np.array([o.condition in UNMAPPED_CONDITIONS for o in outcomes], bool)
+    if unmapped.any():
+        report["covered"] = stats_of(~unmapped) if (~unmapped).any() else None
+        refused = np.array([s != "LOCALIZED" for s in status], bool)
+        report["unmapped"] = {
+            "n_frames": int(unmapped.sum()),
+            "n_refused": int((refused & unmapped).sum()),
+            "refused_fraction": float(refused[unmapped].mean()),
+            "n_localized": int((~refused & unmapped).sum()),
+            "n_fallback": int((fb & unmapped).sum()),
+            "conditions": sorted({o.condition for o, u in zip(outcomes, unmapped) if u}),
+        }
 
     report["per_scene"] = groups(lambda o: o.scene)
     report["per_condition"] = groups(lambda o: o.condition)
@@ -195,6 +244,10 @@ def summarize(outcomes: Sequence[FrameOutcome], meta: dict | None = None, partia
         "null": "an infinite (e.g. median with >= half the frames not localized) or undefined statistic",
         "recall_keys": "'<metres>m_<degrees>deg': fraction of all frames with t_err <= metres and r_err <= degrees",
         "latency": "ms; p95 by linear interpolation (numpy.percentile)",
+        "precision_keys": "'<metres>m_<degrees>deg': fraction of the LOCALIZED frames within both bounds",
+        "fallback": "LOCALIZED with a fallback pose (top-1 retrieved keyframe), not a measurement",
+        "unmapped": f"frames of condition {sorted(UNMAPPED_CONDITIONS)}: views of what the map never saw, "
+        "scored by the fraction refused (NOT_LOCALIZED or REJECTED)",
     }
     report["meta"] = dict(meta or {})
     return report

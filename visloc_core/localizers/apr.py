@@ -12,9 +12,13 @@ camera at the network input; the localizer logs a warning once and sets
 ``extras["focal_ratio"]`` when the query camera's differs by more than 5 %. Map and localize with
 the same camera model and aspect ratio.
 
-Result: LOCALIZED with the calibrated diagonal covariance of the artifact (validation residuals,
-see training/apr.py), or REJECTED with a reason when the pose is non-finite or outside the mapped
-region (box of training camera centres plus margin of the predicted scene). ``confidence`` is the
+Result: LOCALIZED with the calibrated diagonal covariance of the artifact, or REJECTED with a reason
+when the image is unlike the training images (its embedding farther from them than the artifact's
+threshold: models/apr/familiarity.py, measured on held-out training frames), the pose is non-finite,
+or it lies outside the mapped region (box of training camera centres plus margin of the predicted
+scene). With a familiarity model the covariance grows with that distance (``var(d) = a + b d^2`` per
+axis, fitted on the held-out frames); artifacts without one use the diagonal validation covariance.
+``extras["familiarity_distance"]`` and ``["familiarity_threshold"]`` report the test. ``confidence`` is the
 scene-classification probability for multi-scene models and 1.0 for single-scene models (APR has no
 per-image uncertainty; use the covariance). ``prior`` is not used (one global regression per image).
 """
@@ -51,6 +55,13 @@ class APRLocalizer(Localizer):
         self.covariance_66 = np.diag(np.concatenate([artifact.translation_var_m2, artifact.rotation_var_rad2]))
         self._rng = np.random.default_rng(0)  # unused by a centre crop; ImageTransform's signature wants one
         self._geometry_cache: tuple[tuple, tuple, float] | None = None
+        fam = artifact.meta.get("calibration", {}).get("familiarity")
+        self.familiarity = None
+        emb_path = artifact.path / "embeddings.npy"
+        if fam and emb_path.is_file():
+            self.familiarity = fam
+            self.train_embeddings = np.load(emb_path).astype(np.float32)
+            self.variance_scale = float(artifact.meta["calibration"].get("variance_scale", 1.0))
         train_cam = img.get("training_camera_input")
         self._train_fx = float(train_cam["fx"]) if train_cam else None
         self._warned_focal = False
@@ -93,7 +104,10 @@ class APRLocalizer(Localizer):
         t0 = time.perf_counter()
         x = self.preprocess(image_rgb_HW3, camera)
         t1 = time.perf_counter()
-        out = self.predict(x)
+        from ..models.apr.familiarity import capture_embedding, knn_distance, variance_at
+
+        with capture_embedding(self.model) as emb:
+            out = self.predict(x)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t2 = time.perf_counter()
@@ -128,16 +142,27 @@ class APRLocalizer(Localizer):
             )
         T_world_cam = T_from_position_quat_wxyz(position, q / qn)
         status, reason = Status.LOCALIZED, ""
-        if not scene.contains(position):
+        cov = self.covariance_66.copy()
+        if self.familiarity is not None and emb:
+            fam = self.familiarity
+            d = float(knn_distance(emb[-1].cpu().numpy(), self.train_embeddings, int(fam["k"]))[0])
+            common["extras"].update(familiarity_distance=d, familiarity_threshold=float(fam["threshold"]))
+            var = np.r_[variance_at(fam["variance_translation_m2"], d), variance_at(fam["variance_rotation_rad2"], d)]
+            cov = np.diag(var * self.variance_scale)
+            if d > fam["threshold"]:
+                status = Status.REJECTED
+                reason = (
+                    f"image unlike the training images: feature distance {d:.4f} > {fam['threshold']:.4f} "
+                    f"(farther than {100 * fam['quantile']:.0f} % of held-out training frames)"
+                )
+        if status == Status.LOCALIZED and not scene.contains(position):
             status = Status.REJECTED
             reason = (
                 f"pose outside the mapped region of scene {scene.name!r}: position {np.round(position, 2).tolist()} m "
                 f"not in box {np.round(scene.region_min, 2).tolist()} .. {np.round(scene.region_max, 2).tolist()}"
             )
         stages["postprocess"] = time.perf_counter() - t2
-        return LocalizationResult(
-            T_world_cam, self.covariance_66.copy(), status, status_reason=reason, stage_seconds=stages, **common
-        )
+        return LocalizationResult(T_world_cam, cov, status, status_reason=reason, stage_seconds=stages, **common)
 
 
 @LOCALIZERS.register("apr")

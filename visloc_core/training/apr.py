@@ -294,6 +294,33 @@ def _train_locked(
     pred = predict_world(module, dm.val_dataloader())
     dt, dw = residuals(pred)
     calibration = calibrate(dt, dw, cfg["calibration"])
+    extra = {"metrics.csv": None}
+    fam_cfg = cfg["calibration"].get("familiarity") or {}
+    if fam_cfg.get("enabled", True):
+        # How far an image may be from the training images, and how the error grows with that
+        # distance: measured on the held-out training frames (models/apr/familiarity.py).
+        from torch.utils.data import Subset
+
+        from ..data.torch_dataset import PoseDataset
+        from ..models.apr.familiarity import EMBEDDINGS_FILE, embed_loader, fit_familiarity
+
+        d = cfg["data"]
+        train_plain = PoseDataset(dm.dataset, d["train_split"], dm.val_transform, dm.scene_names,
+                                  seed=int(cfg["train"]["seed"]))  # fmt: skip
+        idx = dm.train_set.indices if isinstance(dm.train_set, Subset) else list(range(len(train_plain)))
+        emb_train = embed_loader(module.model, dm._loader(Subset(train_plain, list(idx)), shuffle=False))
+        emb_val = embed_loader(module.model, dm.val_dataloader())
+        if emb_train.size and emb_val.size:
+            calibration["familiarity"] = fit_familiarity(
+                emb_train, emb_val, dt, dw, int(fam_cfg.get("k", 1)), float(fam_cfg.get("quantile", 0.99)),
+                float(cfg["calibration"]["min_sigma_m"]), float(cfg["calibration"]["min_sigma_deg"]),
+            )  # fmt: skip
+            np.save(work / EMBEDDINGS_FILE, emb_train.astype(np.float16))
+            extra[EMBEDDINGS_FILE] = work / EMBEDDINGS_FILE
+        else:
+            log.warning(
+                "%s has no backbone embedding: no familiarity test (REJECTED by region only)", cfg["model"]["name"]
+            )
     log.info(
         "calibration on %d validation frames: sigma_t %s m, sigma_r %s deg; within 1/2/3 sigma: t %s, r %s",
         len(dt),
@@ -317,7 +344,7 @@ def _train_locked(
     if distributed is not None:
         training["distributed"] = distributed
     csv_logger = trainer.loggers[0]
-    metrics_csv = Path(csv_logger.log_dir) / "metrics.csv"
+    extra["metrics.csv"] = Path(csv_logger.log_dir) / "metrics.csv"
     path = write_apr_artifact(
         out,
         module.model,
@@ -325,7 +352,7 @@ def _train_locked(
         scenes,
         calibration,
         training,
-        {"metrics.csv": metrics_csv},
+        extra,
         overwrite=overwrite,
         training_camera_input=dm.training_camera_input,
     )

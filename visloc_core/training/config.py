@@ -67,6 +67,13 @@ DEFAULT_CONF: dict[str, Any] = {
         "min_sigma_deg": 0.5,  # floor of each rotation sigma (deg)
         "region_margin_m": 1.0,  # mapped region = box of training camera centres grown by this (m)
         "region_margin_fraction": 0.1,  # ... or by this fraction of the box size, whichever is larger
+        # REJECTED for images unlike the training images, and a covariance that grows with that
+        # distance, both measured on the held-out training frames (models/apr/familiarity.py)
+        "familiarity": {
+            "enabled": True,  # false: no embedding test, the diagonal validation covariance above
+            "k": 1,  # distance to the k-th nearest training embedding
+            "quantile": 0.99,  # threshold: this quantile of the held-out frames' distances
+        },
     },
 }
 

@@ -9,11 +9,34 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
 from ...geometry import PinholeCamera
 from ...registry import Registry
+
+
+class ConfigSection:
+    """Mixin of the dataclasses that hold one section of a relpose config (``retrieval:``,
+    ``filtering:``, ...): ``from_dict`` refuses unknown keys (a typo must not fall back to a default
+    silently), then ``validate`` checks the values."""
+
+    section: ClassVar[str] = ""
+
+    @classmethod
+    def from_dict(cls, d: dict | None):
+        d = dict(d or {})
+        unknown = set(d) - set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+        if unknown:
+            known = sorted(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+            raise ValueError(f"unknown {cls.section} keys {sorted(unknown)}; known: {known}")
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise ValueError naming the key when a value is out of range."""
 
 
 @dataclass
@@ -28,6 +51,9 @@ class Keyframe:
     depth_path: str = ""  # absolute path of the depth image (metres = value / depth_scale), '' if none
     depth_scale: float = 1000.0
     cache: dict = field(default_factory=dict)  # e.g. local features (keypoints, descriptors)
+    # World point (metres) of each keypoint of the cached features, NaN where there is none: from
+    # registered depth or the triangulated sparse model (structure.py); None = direction-only map.
+    points_world_N3: np.ndarray | None = None  # noqa: N815  (shape suffix, STYLE.md)
 
 
 @dataclass
@@ -50,6 +76,9 @@ class RelPoseEstimate:
     # pose jointly over all agreeing references. None when not available.
     points2d_query_N2: np.ndarray | None = None  # noqa: N815  (shape suffix, STYLE.md)
     points3d_world_N3: np.ndarray | None = None  # noqa: N815
+    # metric estimates: largest standard deviation (m) of the query centre from the PnP's first-order
+    # covariance (image noise from the inlier residuals); 0 when unknown
+    sigma_center_m: float = 0.0
 
 
 class RelPoseEstimator(ABC):

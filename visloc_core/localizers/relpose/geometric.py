@@ -3,8 +3,9 @@ and the paper's baseline, OpenCV SIFT + ratio test + essential RANSAC ("sift").
 
 Per reference keyframe r the estimate is ``T_q_r`` (query q; conventions of ``base.py``):
 
-- when the keyframe has depth and ``pnp`` is on: the matched reference keypoints are lifted to
-  world points with the map depth and the query pose is solved by PnP, giving a METRIC T_q_r;
+- when the map has 3D points (``Keyframe.points_world_N3``: from registered depth or the
+  triangulated sparse model, structure.py) and ``pnp`` is on: the matches to reference keypoints
+  that have a point are 2D-3D matches and the query pose is solved by PnP, giving a METRIC T_q_r;
 - otherwise: a robust essential matrix on the matches gives R and the unit direction of t
   (cheirality checked), and the scale comes from the multi-reference triangulation of the
   hypothesis filter.
@@ -53,11 +54,11 @@ class GeometricConfig:
     max_iterations: int = 1000
     min_matches: int = 15  # fewer matches -> the reference is reported as failed (ok=False)
     min_inliers: int = 12  # fewer robust-estimator inliers -> failed
-    pnp: bool = True  # use map depth for a metric PnP pose when the keyframe has depth
+    pnp: bool = True  # metric PnP pose against the map's 3D points when it has them (depth or triangulated)
     pnp_solver: str = "poselib"  # poselib | opencv
     pnp_threshold_px: float = 3.0  # reprojection error bound for PnP inliers
     min_pnp_inliers: int = 25  # fewer PnP inliers -> fall back to the essential matrix (if essential_fallback)
-    # With map depth: solve an essential matrix for references whose PnP fails? Those are the poorly
+    # With map points: solve an essential matrix for references whose PnP fails? Those are the poorly
     # matched references, where RANSAC runs to its iteration cap. Measured on indoor_room (300
     # queries): they cost 8 ms each (14 ms of a 69 ms query) and without them the 5cm/5deg recall
     # went UP from 87.0 to 88.3 % (their direction-only estimates added wrong hypotheses).
@@ -89,6 +90,21 @@ def sample_depth(depth_m_HW: np.ndarray, uv_N2: np.ndarray) -> np.ndarray:
     return out
 
 
+def center_sigma(T_q_world: np.ndarray, x_N2: np.ndarray, X_N3: np.ndarray, focal_px: float) -> float:
+    """Largest standard deviation (m) of a PnP pose's camera centre, first order, image noise from
+    the inlier residuals (at least MIN_SIGMA_PX); solvers.pnp_covariance."""
+    from ...geometry import invert_T
+    from .calibration import MIN_SIGMA_PX
+    from .solvers import pnp_covariance
+
+    p = X_N3 @ T_q_world[:3, :3].T + T_q_world[:3, 3]
+    r = p[:, :2] / np.maximum(p[:, 2:], 1e-9) - x_N2
+    n = len(x_N2)
+    sigma = max(float(np.sqrt(np.mean(np.sum(r * r, axis=1)) * n / max(n - 3, 1) / 2)), MIN_SIGMA_PX / focal_px)
+    cov = pnp_covariance(invert_T(T_q_world), x_N2, X_N3, sigma)
+    return float(np.sqrt(max(np.linalg.eigvalsh(cov[:3, :3]).max(), 0.0)))
+
+
 def load_depth_m(kf: Keyframe) -> np.ndarray | None:
     if not kf.depth_path:
         return None
@@ -113,15 +129,9 @@ class _FeatureEstimator(RelPoseEstimator):
 
     # -- map time
     def prepare_keyframe(self, kf: Keyframe, image_rgb_HW3: np.ndarray) -> None:
+        """Cache the keyframe's local features (its 3D points come from structure.py)."""
         f = self.extract(image_rgb_HW3)
         kf.cache.update(f.to_npz_dict(prefix=f"{self.name}_"))
-        depth = load_depth_m(kf)
-        if depth is not None:
-            if depth.shape != image_rgb_HW3.shape[:2]:
-                depth = cv2.resize(
-                    depth, (image_rgb_HW3.shape[1], image_rgb_HW3.shape[0]), interpolation=cv2.INTER_NEAREST
-                )
-            kf.cache[f"{self.name}_depth"] = sample_depth(depth, f.keypoints_N2)
 
     def keyframe_features(self, kf: Keyframe) -> LocalFeatures:
         memo = kf.cache.get(f"_{self.name}_features")  # float32 copy made on first use, not saved
@@ -173,13 +183,12 @@ class _FeatureEstimator(RelPoseEstimator):
         xr = normalise_points(fr.keypoints_N2[m[:, 1]], kf.camera)
         f_q = 0.5 * (cam_q.fx + cam_q.fy)
         est = None
-        depth = kf.cache.get(f"{self.name}_depth")
-        if cfg.pnp and depth is not None:
-            z = np.asarray(depth)[m[:, 1]]
-            ok = z > 0
+        points = kf.points_world_N3 if cfg.pnp else None
+        if points is not None:
+            p_world = np.asarray(points)[m[:, 1]]
+            ok = np.all(np.isfinite(p_world), axis=1)
             if ok.sum() >= cfg.min_pnp_inliers:
-                p_ref = np.c_[xr[ok], np.ones(ok.sum())] * z[ok, None]  # reference camera frame, metres
-                p_world = p_ref @ kf.T_world_cam[:3, :3].T + kf.T_world_cam[:3, 3]
+                p_world = p_world[ok]
                 r = solve_pnp(xq[ok], p_world, cfg.pnp_threshold_px / f_q, cfg.pnp_solver, cfg.max_iterations)
                 if r is not None and r[1].sum() >= cfg.min_pnp_inliers:
                     T_q_world, mask = r
@@ -188,8 +197,9 @@ class _FeatureEstimator(RelPoseEstimator):
                         T_q_world @ kf.T_world_cam, metric=True, num_inliers=n_in,
                         confidence=n_in / len(m), cheirality_checked=True,
                         points2d_query_N2=xq[ok][mask], points3d_world_N3=p_world[mask],
+                        sigma_center_m=center_sigma(T_q_world, xq[ok][mask], p_world[mask], f_q),
                     )  # fmt: skip
-        if est is None and cfg.pnp and depth is not None and not cfg.essential_fallback:
+        if est is None and points is not None and not cfg.essential_fallback:
             fail.stage_seconds["geometry"] = time.perf_counter() - t1
             return fail
         if est is None:

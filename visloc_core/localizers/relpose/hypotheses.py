@@ -28,7 +28,9 @@ Metric estimates (PnP against map depth) fix the full query pose from one refere
 also a hypothesis. A metric estimate is an inlier when its own centre is within
 ``metric_inlier_m`` of the hypothesis (direction-only estimates keep the angle test); hypotheses
 with metric inliers need ``min_inliers_metric`` inliers, and their refined centre is the weighted
-mean of the metric inliers' centres (the localizer then re-solves one joint PnP over them).
+mean of the metric inliers' centres (the localizer then re-solves one joint PnP over them). The
+position test also accepts ``metric_inlier_sigmas`` standard deviations of the estimate's own centre
+(its PnP covariance, ``RelPoseEstimate.sigma_center_m``), so that agreement scales with the scene.
 
 Covariance (6x6, order x, y, z, rotation about world X, Y, Z, as LocalizationResult):
 
@@ -60,38 +62,42 @@ from ...geometry import (
     rotvec_from_R,
     triangulate_point_from_rays,
 )
-from .base import RelPoseEstimate
+from .base import ConfigSection, RelPoseEstimate
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class FilterConfig:
+class FilterConfig(ConfigSection):
     """Settings of the hypothesis filter; every key is a config key of ``filtering:``."""
+
+    section = "filtering"
 
     enabled: bool = True  # False: the paper's ablation, the pair of the two top references only, no RANSAC
     alpha_max_deg: float = 10.0  # inlier threshold on the ray-direction angle (paper's alpha_max)
     rot_max_deg: float | None = None  # our addition: also require rotation agreement (None = paper, off)
     min_inliers: int = 3  # fewer inliers of the best direction-only hypothesis -> fallback to top-1 pose
     min_inliers_metric: int = 1  # same for hypotheses supported by metric (PnP) estimates
-    metric_inlier_m: float = 0.25  # our addition: a metric estimate agrees when its centre is this close
-    fallback: str = "top1"  # "top1": pose of the top retrieved keyframe (paper); "reject": not localized
+    metric_inlier_m: float = 0.25  # our addition: a metric estimate agrees when its centre is this close...
+    # ... or within this many of its own standard deviations (PnP covariance of the reference, calibrated):
+    # far structure (halls, squares) makes single-reference centres uncertain by decimetres
+    metric_inlier_sigmas: float = 3.0
+    # too few agreeing references: "reject" = NOT_LOCALIZED with the reason (a robot must not fuse a
+    # guess); "top1" = the pose of the top retrieved keyframe, published (paper 003, for its numbers)
+    fallback: str = "reject"
     min_angle_sigma_deg: float = 0.5  # floor of the ray-angle standard deviation in the covariance
     min_rotation_sigma_deg: float = 0.5  # floor of the rotation standard deviation
     min_position_sigma_m: float = 0.01  # floor of the position std of the metric case
+    # our addition: stop estimating references once this many METRIC estimates agree (centres within
+    # metric_inlier_m, rotations within rot_max_deg); 0 = every reference is estimated (paper). Saves
+    # the matching and PnP of the remaining references; they can then no longer vote for a rival.
+    early_exit_agree: int = 0
     fallback_position_sigma_m: float = 5.0  # covariance of a fallback pose (retrieval accuracy)
     fallback_rotation_sigma_deg: float = 20.0
 
-    @classmethod
-    def from_dict(cls, d: dict | None) -> FilterConfig:
-        d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown filtering keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        cfg = cls(**d)
-        if cfg.fallback not in ("top1", "reject"):
-            raise ValueError(f"filtering.fallback must be 'top1' or 'reject', got {cfg.fallback!r}")
-        return cfg
+    def validate(self) -> None:
+        if self.fallback not in ("top1", "reject"):
+            raise ValueError(f"filtering.fallback must be 'top1' or 'reject', got {self.fallback!r}")
 
 
 @dataclass
@@ -104,6 +110,7 @@ class Observation:
     sign_known: bool  # the sign of t is known (cheirality checked or metric)
     metric: bool = False
     weight: float = 1.0  # e.g. number of feature inliers; weights the rotation mean and metric centres
+    sigma_center_m: float = 0.0  # metric: largest standard deviation of the implied query centre (m)
 
     @property
     def center(self) -> np.ndarray:
@@ -127,13 +134,16 @@ class Observation:
         return self.center - self.T_world_ref[:3, :3] @ self.R_q_r_M33[0].T @ self.t_q_r
 
     @classmethod
-    def from_estimate(cls, est: RelPoseEstimate, T_world_ref: np.ndarray) -> Observation:
+    def from_estimate(cls, est: RelPoseEstimate, T_world_ref: np.ndarray, sigma_scale: float = 1.0) -> Observation:
         """Candidates of an estimate: its own pose when cheirality-checked or metric, otherwise the two
-        rotations of E with unknown sign of t (paper 003)."""
+        rotations of E with unknown sign of t (paper 003). ``sigma_scale`` multiplies the standard
+        deviation of a metric estimate's centre (the map's calibration)."""
         T = np.asarray(est.T_q_r, dtype=np.float64)
         weight = float(max(est.num_inliers, 1))
         if est.metric or est.cheirality_checked or est.E is None:
-            return cls(np.asarray(T_world_ref, float), T[None, :3, :3], T[:3, 3].copy(), True, est.metric, weight)
+            sigma = float(est.sigma_center_m) * float(sigma_scale) if est.metric else 0.0
+            return cls(np.asarray(T_world_ref, float), T[None, :3, :3], T[:3, 3].copy(), True, est.metric, weight,
+                       sigma)  # fmt: skip
         R1, R2, t = decompose_essential(est.E)
         return cls(np.asarray(T_world_ref, float), np.stack([R1, R2]), t, False, False, weight)
 
@@ -151,6 +161,8 @@ class FilterResult:
     num_hypotheses: int = 0
     reason: str = ""
     residuals_deg: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    rival_inliers: int = 0  # inlier references of the best hypothesis sharing no reference with the winner
+    rival_weight_ratio: float = 0.0  # its feature support (sum of feature inliers) over the winner's
 
     @property
     def num_inliers(self) -> int:
@@ -181,6 +193,11 @@ def _closest_rotation(obs: Observation, R_world_q: np.ndarray) -> tuple[np.ndarr
     return cands[j], float(ang[j])
 
 
+def _metric_tolerance(o: Observation, cfg: FilterConfig) -> float:
+    """How far (m) a metric observation's centre may be from a hypothesis and still agree."""
+    return max(cfg.metric_inlier_m, cfg.metric_inlier_sigmas * o.sigma_center_m)
+
+
 def _score(obs: list[Observation], R_world_q: np.ndarray, c_q: np.ndarray, cfg: FilterConfig):
     """Inlier mask, angular residuals (deg) and chosen absolute rotations of every observation."""
     n = len(obs)
@@ -191,7 +208,7 @@ def _score(obs: list[Observation], R_world_q: np.ndarray, c_q: np.ndarray, cfg: 
         rots[k], rot_err = _closest_rotation(o, R_world_q)
         res[k] = _angle_deg(o.direction, c_q - o.center, o.sign_known)
         if o.metric:  # a full pose: compare positions (an angle test would depend on the baseline)
-            agree = float(np.linalg.norm(o.metric_center - c_q)) <= cfg.metric_inlier_m
+            agree = float(np.linalg.norm(o.metric_center - c_q)) <= _metric_tolerance(o, cfg)
         else:
             agree = res[k] <= cfg.alpha_max_deg
         mask[k] = agree and (cfg.rot_max_deg is None or rot_err <= cfg.rot_max_deg)
@@ -267,6 +284,22 @@ def _fallback(
     return FilterResult(np.asarray(T_world_top, float).copy(), cov, mask, True, False, None, n_hyp, reason)
 
 
+def metric_agreement(obs: list[Observation | None], cfg: FilterConfig) -> int:
+    """Largest number of metric observations that agree with one of them (itself included)."""
+    m = [o for o in obs if o is not None and o.metric]
+    best = 0
+    for a in m:
+        n = 0
+        for b in m:
+            tol = max(_metric_tolerance(a, cfg), _metric_tolerance(b, cfg))
+            close = float(np.linalg.norm(a.metric_center - b.metric_center)) <= tol
+            if close and cfg.rot_max_deg is not None:
+                close = float(_angle_of_deg(a.R_world_q_M33[0] @ b.R_world_q_M33[0].T)) <= cfg.rot_max_deg
+            n += close
+        best = max(best, n)
+    return best
+
+
 def filter_hypotheses(
     observations: list[Observation | None],
     T_world_top: np.ndarray | None,
@@ -306,6 +339,7 @@ def filter_hypotheses(
         return _fallback(observations, T_world_top, cfg, f"no hypothesis from {len(obs)} valid references", 0)
 
     best, most = None, 0
+    supports = []  # (inlier mask, count) of every valid hypothesis, to find rivals of the winner
     for key, R, c, is_metric in hypotheses:
         mask, res, _ = _score(obs, R, c, cfg)
         n_in = int(mask.sum())
@@ -316,14 +350,22 @@ def filter_hypotheses(
         supported = any(o.metric for o, m in zip(obs, mask) if m)
         if n_in < (cfg.min_inliers_metric if supported else cfg.min_inliers):
             continue
-        # ties: metric hypotheses first (full pose measured), then the smaller angular residual
-        score = (n_in, is_metric, -float(res[mask].sum()))
+        weight = float(sum(o.weight for o, m in zip(obs, mask) if m))
+        supports.append((mask, n_in, weight))
+        # ties: metric hypotheses first (full pose measured), then the larger feature support
+        # (sum of the inlier references' feature inliers), then the smaller angular residual
+        score = (n_in, is_metric, weight, -float(res[mask].sum()))
         if best is None or score > best[0]:
             best = (score, key, mask, is_metric)
     if best is None:
         reason = f"no hypothesis has enough agreeing references (best: {most}; need {cfg.min_inliers}, or {cfg.min_inliers_metric} with a metric one)"
         return _fallback(observations, T_world_top, cfg, reason, len(hypotheses))
     _, key, mask, _ = best
+    # A rival: a valid hypothesis supported by none of the winner's references (another place the
+    # references vouch for, e.g. a repeated texture). Its support tells how ambiguous the winner is.
+    rivals = [(n, w) for m, n, w in supports if not (m & mask).any()]
+    rival = max(rivals, default=(0, 0.0))
+    win_weight = float(sum(o.weight for o, m in zip(obs, mask) if m))
     inl = [o for o, m in zip(obs, mask) if m]
     metric = any(o.metric for o in inl)
     if metric:  # metric centres are the measurement; direction-only inliers vote but do not move them
@@ -339,7 +381,10 @@ def filter_hypotheses(
     cov = _covariance(inl, rots, R, c, metric, cfg)
     # Report the inliers of the refined pose (what the covariance and the caller should trust).
     mask_final, res, _ = _score(obs, R, c, cfg)
-    return FilterResult(_pose(R, c), cov, _expand(mask_final), False, metric, key, len(hypotheses), "", res)
+    out = FilterResult(_pose(R, c), cov, _expand(mask_final), False, metric, key, len(hypotheses), "", res)
+    out.rival_inliers = int(rival[0])
+    out.rival_weight_ratio = rival[1] / win_weight if win_weight > 0 else 0.0
+    return out
 
 
 def _unfiltered(

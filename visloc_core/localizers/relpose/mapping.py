@@ -6,15 +6,21 @@ Artifact folder (written to a temporary folder next to ``out``, renamed when com
       artifact.json     {"kind": "relpose", "format_version", "estimator", "descriptor", "image_size",
                          "n_keyframes", "scenes", "source": {dataset, split}, "created_unix"}
       config.yaml       the full config used (defaults merged with the file)
+      calibration.json  decision thresholds and covariance scales the map measured on its own
+                        keyframes (calibration.py)
       descriptor/       global descriptor (descriptor.json + weights.pt | centroids.npy)
       index.faiss       faiss IndexFlatIP over the keyframe descriptors (row i = keyframe i)
       descriptors.npy   (N, D) float32, the same vectors (for inspection / re-indexing)
       keyframes.json    per keyframe: key, scene, T_world_cam (row-major 4x4), camera, relative paths
       features.npz      per keyframe estimator caches, arrays named "<i>/<cache key>" (XFeat keypoints
-                        float32, descriptors float16, depth at keypoints float32 metres)
+                        float32, descriptors float16)
+      points.npz        the 3D structure (structure.py): world points and each keyframe's keypoint ->
+                        point links, from registered depth or triangulated from the images and poses;
+                        absent for direction-only maps
       estimator/        a learned estimator's checkpoint (copied; config path made relative)
-      images/           keyframe RGB (PNG) at the processing size; depth/ (uint16 PNG, mm) and
-                        semantic/ (uint8 PNG) when the dataset has them
+      images/           keyframe RGB (PNG) at the processing size; depth/ (uint16 PNG, mm) when the
+                        structure comes from registered depth, semantic/ (uint8 PNG) when the dataset
+                        has class maps
 
 Keyframe images are resized to the config's ``image_size`` (intrinsics scaled with
 PinholeCamera.resized), so the artifact does not depend on the dataset folder afterwards.
@@ -44,7 +50,7 @@ from .retrieval import DescriptorIndex, RetrievalConfig
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: 3D points in points.npz (1: depth at the keypoints in features.npz)
 DEPTH_SCALE = 1000.0  # uint16 per metre in the artifact's depth PNGs
 
 # name -> module that registers it in RELPOSE_ESTIMATORS (imported on demand)
@@ -65,6 +71,9 @@ DEFAULT_CONFIG: dict = {
     "retrieval": {},  # RetrievalConfig keys
     "filtering": {},  # hypotheses.FilterConfig keys
     "joint_pnp": True,  # metric maps: final PnP over the inlier references' correspondences jointly
+    "structure": {},  # structure.StructureConfig keys: 3D points from depth, triangulated, or none
+    "decision": {},  # confidence.DecisionConfig keys: what a pose needs to be published as LOCALIZED
+    "calibration": {},  # calibration.CalibrationConfig keys: thresholds and covariance from the map itself
 }
 
 
@@ -122,6 +131,69 @@ def _progress(it, total: int, desc: str, enabled: bool):
     return tqdm(it, total=total, desc=desc, unit="img", dynamic_ncols=True)
 
 
+def structure_source(requested: str, ds: Dataset, frames: list[FrameRecord], estimator: str) -> str:
+    """Where the map's 3D points come from: ``depth``, ``triangulate`` or ``none`` (see structure.py).
+
+    ``auto`` takes registered depth when every mapping frame has it, else triangulates (estimators
+    with local features) or builds a direction-only map (the learned estimator). Depth that the
+    dataset marks as not registered to the colour image (7-Scenes, ``depth_registered: false``) is
+    never used as if it were."""
+    registered = bool(ds.manifest.get("depth_registered", True))
+    all_depth = registered and all(fr.depth for fr in frames)
+    has_features = estimator in ("xfeat", "sift")
+    if requested == "depth":
+        if not all_depth:
+            why = "its depth is not registered to the colour images" if not registered else "some frames have no depth"
+            raise ValueError(
+                f"structure.source is depth but {ds.root} cannot give it ({why}); use structure.source=triangulate "
+                "(a sparse model from the images and poses) or auto"
+            )
+        return "depth"
+    if requested == "triangulate":
+        if not has_features:
+            raise ValueError(f"structure.source=triangulate needs an estimator with local features, not {estimator!r}")
+        return "triangulate"
+    if requested == "none":
+        return "none"
+    if all_depth:
+        return "depth"
+    if any(fr.depth for fr in frames) and not registered:
+        log.info("%s: depth is not registered to the colour images; triangulating the 3D points instead", ds.root)
+    return "triangulate" if has_features else "none"
+
+
+def build_structure(source: str, cfg, estimator, keyframes: list[Keyframe], global_desc: np.ndarray, ds: Dataset,
+                    frames: list[FrameRecord], progress: bool):  # fmt: skip
+    """The sparse model of ``source`` for keyframes whose features the estimator has cached."""
+    from .geometric import sample_depth
+    from .structure import depth_check, model_from_depth, triangulate_model
+
+    feats = [estimator.keyframe_features(kf) for kf in keyframes]
+    poses = np.stack([kf.T_world_cam for kf in keyframes])
+    cams = [kf.camera for kf in keyframes]
+
+    def depth_at_keypoints() -> list[np.ndarray]:
+        out = []
+        for fr, kf, f in zip(frames, keyframes, feats):
+            d = ds.load_depth(fr)
+            if d.shape != (kf.camera.height, kf.camera.width):
+                d = cv2.resize(d, (kf.camera.width, kf.camera.height), interpolation=cv2.INTER_NEAREST)
+            out.append(sample_depth(d, f.keypoints_N2))
+        return out
+
+    if source == "depth":
+        return model_from_depth([f.keypoints_N2 for f in feats], depth_at_keypoints(), poses, cams)
+    model = triangulate_model(
+        [f.keypoints_N2 for f in feats], poses, cams, lambda i, j: estimator.match(feats[i], feats[j]), global_desc,
+        cfg, progress=(lambda it, n, desc: _progress(it, n, desc, True)) if progress else None,
+    )  # fmt: skip
+    if bool(ds.manifest.get("depth_registered", True)) and all(fr.depth for fr in frames):
+        # The dataset has registered depth that the map does not use: measure the model against it.
+        model.stats["depth_check"] = depth_check(model, poses, depth_at_keypoints())
+        log.info("triangulated points vs the dataset's depth: %s", model.stats["depth_check"])
+    return model
+
+
 def build_map(
     config: dict,
     data: str | Path,
@@ -149,6 +221,14 @@ def build_map(
     from .hypotheses import FilterConfig
 
     FilterConfig.from_dict(cfg["filtering"])
+    from .structure import StructureConfig
+
+    structure_cfg = StructureConfig.from_dict(cfg["structure"])
+    from .calibration import CalibrationConfig
+    from .confidence import DecisionConfig
+
+    DecisionConfig.from_dict(cfg["decision"])
+    calibration_cfg = CalibrationConfig.from_dict(cfg["calibration"])
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
@@ -160,7 +240,11 @@ def build_map(
         raise ValueError(
             f"{data}: split {split!r} has no frames" + (f" of scene {cfg['scene']!r}" if cfg.get("scene") else "")
         )
-    log.info("map build: %d frames of %s split %s; config %s", len(frames), data, split, json.dumps(cfg))
+    source = structure_source(structure_cfg.source, ds, frames, cfg["estimator"]["name"])
+    log.info(
+        "map build: %d frames of %s split %s; 3D structure: %s; config %s",
+        len(frames), data, split, source, json.dumps(cfg),
+    )  # fmt: skip
 
     # Atomic (visloc_core.atomic): built beside `out`, swapped in at the end; Ctrl-C keeps the
     # partial folder as .NAME.interrupted-PID; a second build into the same `out` fails at once.
@@ -183,7 +267,7 @@ def build_map(
                 cam = cam.resized(*size)
             rel = {"image": f"images/{i:06d}.png", "depth": "", "semantic": ""}
             _imwrite(tmp / rel["image"], cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-            if fr.depth:
+            if fr.depth and source == "depth":
                 depth = ds.load_depth(fr)
                 if depth.shape != rgb.shape[:2]:
                     depth = cv2.resize(depth, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
@@ -251,6 +335,14 @@ def build_map(
         stats["features_seconds"] = time.perf_counter() - t0
         np.savez(tmp / "features.npz", **arrays)
 
+        # 3b. the 3D structure: registered depth at the keypoints, or triangulated from images + poses
+        if source != "none":
+            t0 = time.perf_counter()
+            model = build_structure(source, structure_cfg, estimator, keyframes, desc, ds, frames, progress)
+            model.save(tmp / "points.npz")
+            stats["structure"] = model.stats
+            stats["structure_seconds"] = time.perf_counter() - t0
+
         # 4. a learned estimator's checkpoint is copied in, so the artifact is self-contained
         ckpt = cfg["estimator"].get("checkpoint")
         if ckpt:
@@ -272,6 +364,7 @@ def build_map(
             "image_size": list(size) if size else None,
             "n_keyframes": len(keyframes),
             "has_depth": any(r["depth"] for r in records),
+            "structure": source,
             "has_semantic": any(r["semantic"] for r in records),
             "scenes": sorted({r["scene"] for r in records}),
             "classes": {str(k): v for k, v in ds.classes.items()},
@@ -281,6 +374,19 @@ def build_map(
         }
         meta["files"] = file_digests(tmp)  # checked at load (visloc_core.integrity)
         (tmp / "artifact.json").write_text(json.dumps(meta, indent=2))
+
+        # 6. the map calibrates itself: its keyframes localized against the rest (calibration.py)
+        if calibration_cfg.enabled and len(keyframes) >= 3 and cfg["estimator"]["name"] != "learned":
+            from ..loading import load_localizer  # by kind, not `.localizer`: that module imports this one
+            from .calibration import calibrate
+
+            cal = calibrate(load_localizer(tmp, device), calibration_cfg, progress)
+            cal.save(tmp / "calibration.json")
+            meta["calibration"] = {k: v for k, v in cal.__dict__.items() if k != "stats"} | {
+                "seconds": cal.stats["seconds"]
+            }
+            meta["files"] = file_digests(tmp)  # again, with calibration.json
+            (tmp / "artifact.json").write_text(json.dumps(meta, indent=2))
     log.info("map written to %s (%d keyframes)", out, len(keyframes))
     return out
 
@@ -295,7 +401,10 @@ def check_map_integrity(artifact_dir: Path, meta: dict) -> None:
 
 
 def load_keyframes(artifact_dir: Path) -> list[Keyframe]:
-    """Keyframes of a map artifact with their estimator caches (paths resolved in the artifact)."""
+    """Keyframes of a map artifact with their estimator caches (paths resolved in the artifact) and
+    3D points (``points.npz``; maps of format 1 kept depth at the keypoints, lifted here)."""
+    from .structure import SparseModel, model_from_depth
+
     recs = json.loads((artifact_dir / "keyframes.json").read_text())
     if not isinstance(recs, list) or not recs:
         raise ArtifactError(f"{artifact_dir / 'keyframes.json'} lists no keyframes: {REBUILD}")
@@ -316,4 +425,20 @@ def load_keyframes(artifact_dir: Path) -> list[Keyframe]:
         for name in z.files:
             i, k = name.split("/", 1)
             kfs[int(i)].cache[k] = z[name]
+    model = None
+    if (artifact_dir / "points.npz").is_file():
+        model = SparseModel.load(artifact_dir / "points.npz")
+        if len(model.kf_point_ids) != len(kfs):
+            raise ValueError(f"{artifact_dir}/points.npz links {len(model.kf_point_ids)} keyframes, map has {len(kfs)}")
+    else:
+        legacy = [k for k in kfs[0].cache if k.endswith("_depth")] if kfs else []
+        if legacy:  # format 1: "<estimator>_depth" at each keypoint
+            prefix = legacy[0][: -len("depth")]
+            model = model_from_depth(
+                [kf.cache[f"{prefix}keypoints"] for kf in kfs], [kf.cache[legacy[0]] for kf in kfs],
+                np.stack([kf.T_world_cam for kf in kfs]), [kf.camera for kf in kfs],
+            )  # fmt: skip
+    if model is not None:
+        for k, kf in enumerate(kfs):
+            kf.points_world_N3 = model.keyframe_points(k)
     return kfs

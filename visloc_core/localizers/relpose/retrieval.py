@@ -15,12 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .base import ConfigSection
+
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class RetrievalConfig:
+class RetrievalConfig(ConfigSection):
     """``retrieval:`` keys of a relpose config."""
+
+    section = "retrieval"
 
     num_references: int = 5  # N, references passed to the relative-pose estimator (paper: 5)
     num_candidates: int = 50  # ranked list searched by the spacing rule
@@ -28,20 +32,13 @@ class RetrievalConfig:
     fill: bool = True  # when fewer than N satisfy the rule, fill up with the best remaining candidates
     prior_radius_m: float | None = None  # with a prior pose: only keyframes within this radius (None = off)
 
-    @classmethod
-    def from_dict(cls, d: dict | None) -> RetrievalConfig:
-        d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown retrieval keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        cfg = cls(**d)
-        a, b = (float(x) for x in cfg.spacing_m)
+    def validate(self) -> None:
+        a, b = (float(x) for x in self.spacing_m)
         if not (0 <= a <= b):
-            raise ValueError(f"retrieval.spacing_m must be [a, b] with 0 <= a <= b metres, got {cfg.spacing_m}")
-        cfg.spacing_m = (a, b)
-        if cfg.num_references < 1:
+            raise ValueError(f"retrieval.spacing_m must be [a, b] with 0 <= a <= b metres, got {self.spacing_m}")
+        self.spacing_m = (a, b)
+        if self.num_references < 1:
             raise ValueError("retrieval.num_references must be >= 1")
-        return cfg
 
 
 def select_references(

@@ -145,3 +145,57 @@ def solve_pnp(
         R, _ = cv2.Rodrigues(rvec)
         return T_from_R_t(R, tvec.ravel()), mask
     raise ValueError(f"unknown PnP solver {solver!r}; choose poselib or opencv")
+
+
+def refine_pnp(
+    x_query_N2: np.ndarray, p_world_N3: np.ndarray, T_cam_world: np.ndarray, threshold: float, iterations: int = 25
+) -> np.ndarray:
+    """Non-linear refinement of an absolute pose ``T_cam_world`` on normalised 2D - world 3D matches
+    (poselib's Levenberg-Marquardt with a Cauchy loss of scale ``threshold``, normalised units), no
+    sampling: for matches that are already inliers of verified poses (the joint PnP of agreeing
+    references), where RANSAC would only search for what is known."""
+    import poselib
+
+    init = poselib.CameraPose()
+    init.R = np.asarray(T_cam_world, np.float64)[:3, :3]
+    init.t = np.asarray(T_cam_world, np.float64)[:3, 3]
+    pose, _ = poselib.refine_absolute_pose(
+        np.asarray(x_query_N2, np.float64), np.asarray(p_world_N3, np.float64), init, _UNIT_CAMERA,
+        {"loss_type": "CAUCHY", "loss_scale": float(threshold), "max_iterations": int(iterations)},
+    )  # fmt: skip
+    return T_from_R_t(np.asarray(pose.R), np.asarray(pose.t))
+
+
+def pnp_covariance(T_world_cam: np.ndarray, x_N2: np.ndarray, p_world_N3: np.ndarray, sigma: float) -> np.ndarray:
+    """First-order covariance (6x6) of a pose solved by PnP, from its 2D-3D inliers.
+
+    ``x_N2`` are normalised image points, ``p_world_N3`` world points, ``sigma`` the standard deviation
+    of the image noise per coordinate in normalised units (pixels / focal length). Order and
+    convention of ``LocalizationResult.covariance_66``: camera centre x, y, z (world, m), then a
+    rotation w about the world axes applied on the left (R_true = exp([w]x) R_est), rad. With camera
+    centre c and p = R^T (X - c): dp/dc = -R^T and dp/dw = R^T [X - c]x, so each point gives
+    J = dpi/dp [dp/dc | dp/dw] and the covariance is sigma^2 (sum J^T J)^-1 (Gauss-Newton; the world
+    points are taken as exact, which the map's own error calibration corrects, see calibration.py).
+    """
+    R = np.asarray(T_world_cam, np.float64)[:3, :3]
+    c = np.asarray(T_world_cam, np.float64)[:3, 3]
+    d = np.asarray(p_world_N3, np.float64) - c  # (N, 3)
+    p = d @ R  # R^T (X - c)
+    z = p[:, 2]
+    dpi = np.zeros((len(p), 2, 3))
+    dpi[:, 0, 0] = 1 / z
+    dpi[:, 0, 2] = -p[:, 0] / z**2
+    dpi[:, 1, 1] = 1 / z
+    dpi[:, 1, 2] = -p[:, 1] / z**2
+    dx = np.zeros((len(p), 3, 3))  # [d]x per point
+    dx[:, 0, 1], dx[:, 0, 2] = -d[:, 2], d[:, 1]
+    dx[:, 1, 0], dx[:, 1, 2] = d[:, 2], -d[:, 0]
+    dx[:, 2, 0], dx[:, 2, 1] = -d[:, 1], d[:, 0]
+    dp = np.concatenate([np.broadcast_to(-R.T, (len(p), 3, 3)), R.T[None] @ dx], axis=2)  # (N, 3, 6)
+    J = dpi @ dp  # (N, 2, 6)
+    info = np.einsum("nki,nkj->ij", J, J)
+    try:
+        cov = float(sigma) ** 2 * np.linalg.inv(info)
+    except np.linalg.LinAlgError:  # degenerate geometry (e.g. all points on one ray)
+        cov = float(sigma) ** 2 * np.linalg.pinv(info)
+    return 0.5 * (cov + cov.T)
