@@ -138,3 +138,11 @@ def test_render_rejects_bad_pose_file(trained, tmp_path, capsys):
     assert visloc(["nerf", "render", str(root / "field"), "--poses", str(bad), "--out", str(tmp_path / "r")]) == 2
     assert "missing columns ['qz']" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_load_localizer_refuses_a_field_with_a_clear_error(trained):
+    from visloc_core.localizers import load_localizer
+
+    root, _, _ = trained
+    with pytest.raises(ValueError, match="scene radiance field .* not a localizer"):
+        load_localizer(root / "field")
