@@ -144,5 +144,5 @@ def test_load_localizer_refuses_a_field_with_a_clear_error(trained):
     from visloc_core.localizers import load_localizer
 
     root, _, _ = trained
-    with pytest.raises(ValueError, match="scene radiance field .* not a localizer"):
+    with pytest.raises(ValueError, match=r"scene radiance field .* not a localizer"):
         load_localizer(root / "field")
