@@ -85,7 +85,7 @@ def render_view(model, view: View, chunk: int = 8192) -> dict[str, np.ndarray]:
 def score_views(views: list[View], renders: list[dict]) -> dict:
     """Metrics of renders against the views' measurements (module docstring); keys are absent when
     the views have no such measurement."""
-    psnr, dz, dz_rel, hit, tot = [], [], [], 0, 0
+    psnr, dz, dz_rel, opac, hit, tot = [], [], [], [], 0, 0
     conf: dict[tuple[int, int], int] = {}
     for v, r in zip(views, renders, strict=True):
         if v.rgb is not None:
@@ -96,6 +96,7 @@ def score_views(views: list[View], renders: list[dict]) -> dict:
             err = np.abs(r["depth_any"][m].astype(np.float64) - v.depth[m])
             dz.append(err)
             dz_rel.append(err / v.depth[m])
+            opac.append(r["acc"][m])
         if v.classes is not None and "classes" in r:
             hit += int((r["classes"] == v.classes).sum())
             tot += v.classes.size
@@ -117,6 +118,7 @@ def score_views(views: list[View], renders: list[dict]) -> dict:
                 depth_mean_rel=float(np.mean(er)),
                 depth_within_5pct=float(np.mean(er < 0.05)),
                 depth_pixels=int(e.size),
+                opacity_median=float(np.median(np.concatenate(opac))),  # ~1: solid surfaces where depth was measured
             )
     if tot:
         out["class_accuracy"] = hit / tot
