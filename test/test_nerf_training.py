@@ -25,6 +25,7 @@ TINY_NERF = {
         "hash_grid": {"n_levels": 4, "log2_table_size": 12, "max_resolution": 64},
         "trunk_width": 32,
         "head_width": 32,
+        "background": "auto",
     },
     "sampling": {
         "n_coarse": 48,
@@ -37,7 +38,7 @@ TINY_NERF = {
     "data": {"image_width": 32, "image_height": 24, "val_fraction": 0.2, "val_block": 2},
     "train": {
         "epochs": 2,
-        "steps_per_epoch": 15,
+        "steps_per_epoch": 60,
         "rays_per_batch": 256,
         "lr": 1.0e-2,
         "val_views": 1,
@@ -73,9 +74,10 @@ def test_artifact_report_and_contact_sheet(trained):
     assert held["n_views"] >= 2 and report["test_day"]["n_views"] == 3
     assert (art / "contact_sheet.png").stat().st_size > 1000
     model, meta = load_radiance_field(art)
-    assert model.n_classes == 4 and int(model.grid.n_updates) == 2  # steps 5 and 10
+    assert model.n_classes == 4 and int(model.grid.n_updates) == 11  # every 5 steps after step 0
+    assert meta["field"]["background"] is False  # every training pixel has a measured depth: no sky
     # reference: the same field untrained (its initial weights), scored on the same held-out views.
-    # 15 steps are far from converged, but every measure must have improved clearly.
+    # 60 steps are far from converged, but every measure must have improved clearly.
     from visloc_core.models.nerf.scene import RadianceField
     from visloc_core.training.nerf import SceneViews, _at, _pick, nerf_config
 
@@ -86,8 +88,8 @@ def test_artifact_report_and_contact_sheet(trained):
     _, before = render_and_score(fresh, views, progress=False)
     _, after = render_and_score(model, views, progress=False)
     assert after["psnr_db"] == pytest.approx(held["psnr_db"])  # the report scored these views
-    assert after["psnr_db"] > before["psnr_db"] + 1.5, (before, after)
-    assert after["depth_mean_rel"] < 0.8 * before["depth_mean_rel"], (before, after)
+    assert after["psnr_db"] > before["psnr_db"] + 0.5, (before, after)
+    assert after["depth_mean_rel"] < 0.6 * before["depth_mean_rel"], (before, after)
     assert after["class_accuracy"] > before["class_accuracy"] + 0.1, (before, after)
 
 
@@ -108,7 +110,7 @@ def test_resume_continues_to_more_epochs(trained, tmp_path):
     ]
     assert visloc(args) == 0
     meta = json.loads((out / "artifact.json").read_text())
-    assert meta["training"]["steps"] == 2 * 15 and meta["training"]["epochs"] == 2
+    assert meta["training"]["steps"] == 2 * 60 and meta["training"]["epochs"] == 2
 
 
 def test_render_from_dataset_and_pose_file(trained, tmp_path):

@@ -161,6 +161,7 @@ class SceneViews:
         self.classes = {int(k): v for k, v in self.dataset.classes.items()} if self.use_semantic else {}
         self.n_classes = max(self.classes) + 1 if self.classes else 0
         self.aabb = self._box(cfg["data"])
+        self.no_depth_fraction = float(np.mean([np.mean(v.depth <= 0) for v in self.train])) if self.use_depth else 1.0
 
     def _box(self, d: dict) -> np.ndarray:
         if d["box"] is not None:
@@ -377,6 +378,16 @@ def train(cfg: dict, data: str | Path, out: str | Path, args: argparse.Namespace
     aabb = scene.aabb.tolist()
     if resume:  # the box must be the one the checkpoint was trained in
         aabb = torch.load(last, map_location="cpu", weights_only=False)["hyper_parameters"]["aabb"]
+    if cfg["field"].get("background", FIELD_DEFAULTS["background"]) == "auto":
+        # a background (sky) only where some rays leave the scene: pixels without measured depth
+        cfg["field"]["background"] = bool(not scene.use_depth or scene.no_depth_fraction > 1e-3)
+        log.info(
+            "field.background auto -> %s (%.2f %% of training pixels without depth)",
+            cfg["field"]["background"],
+            100 * scene.no_depth_fraction,
+        )
+    if resume:
+        cfg["field"] = torch.load(last, map_location="cpu", weights_only=False)["hyper_parameters"]["cfg"]["field"]
     module = NeRFModule(cfg, aabb, scene.n_classes)
     t = cfg["train"]
     val_sel = _pick(scene.held_out, max(1, len(scene.held_out) // max(1, int(t["val_views"]))), int(t["val_views"]))

@@ -45,6 +45,7 @@ FIELD_DEFAULTS: dict = {
     "head_width": 64,  # hidden width of the colour / semantic / pose / background heads (Semantic-NeRF: 128)
     "pose_feature_dim": 0,  # k of paper 001's pose-feature branch; 0 = no branch
     "background": True,  # model what lies outside the box (sky) as a function of direction
+    # (the trainer also takes "auto": on when some training pixels have no measured depth)
 }
 
 
@@ -125,6 +126,8 @@ class SceneField(nn.Module):
         self.semantic_head = _mlp(g, w, self.n_classes) if self.n_classes > 0 else None
         k = int(c["pose_feature_dim"])
         self.pose_branch = _mlp(g, w, k) if k > 0 else None
+        if c["background"] not in (True, False):
+            raise ValueError(f"field.background must be true or false here, got {c['background']!r}")
         self.background = _mlp(self.dir_encoding.out_dim, w, 3 + self.n_classes) if c["background"] else None
 
     @property
