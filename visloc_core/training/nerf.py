@@ -13,7 +13,7 @@
   overrides it.
 - Loss per batch of rays: ``rgb`` x MSE (Semantic-NeRF's photometric loss) + ``semantic`` x
   cross-entropy of the rendered logits (paper 000: weight 4e-2) + ``depth`` x the expected relative
-  deviation ``(sum_i w_i |t_i - z| + T_out max(|t_far - z|, z)) / z`` on rays with measured depth z (not in
+  deviation ``(sum_i w_i |t_i - z| + T_out |t_far - z|) / z`` on rays with measured depth z (not in
   the papers; it makes training practical on CPUs, set 0 to turn off). It is zero only when all
   of a ray's weight sits at the measured depth, so it also makes surfaces opaque.
 - Optimiser: Adam (``lr``, ``adam_eps``), exponential decay per step to ``lr x lr_decay`` at the end
@@ -260,11 +260,9 @@ class NeRFModule(pl.LightningModule):
                 # zero only when the ray's whole weight sits at the measured depth. (The error of the
                 # expected depth, |sum w t - z|, is also zero for a half-transparent mixture of near
                 # and far, which is what a first version learned: opacity ~0.4 on walls.)
-                # Weight that leaves the box (to the sky model, or to nothing) is charged at least the
-                # whole depth: a ray with a measured depth ends at that surface, inside the box.
                 zz = z[m].unsqueeze(-1)
                 dev = (out["weights"][m] * (out["t_mid"][m] - zz).abs()).sum(-1)
-                dev = dev + out["t_out"][m] * torch.maximum((out["t_far"][m] - z[m]).abs(), z[m])
+                dev = dev + out["t_out"][m] * (out["t_far"][m] - z[m]).abs()
                 terms["depth"] = (dev / z[m]).mean()
         return terms
 
