@@ -112,25 +112,29 @@ def execute(run: dict, args: argparse.Namespace, out: Path) -> dict:
     return run
 
 
-def scene_stats(rows: list[dict], scene: str) -> dict:
-    """Median errors and recalls of one scene's eval rows (frames.csv), normal and shifted conditions."""
+def frame_stats(rows: list[dict]) -> dict:
+    """Median errors and recalls of a set of eval rows (frames.csv)."""
     from visloc_core.evaluation.report import subset_stats
 
+    stats = subset_stats(
+        [float(r["t_err_m"]) for r in rows],
+        [float(r["r_err_deg"]) for r in rows],
+        [r["status"] for r in rows],
+        [float(r["latency_ms"]) for r in rows],
+    )
+    return {
+        "n": stats["n_frames"],
+        "median_m": stats["median_translation_m"],
+        "median_deg": stats["median_rotation_deg"],
+        "recall": stats["recall"],
+    }
+
+
+def scene_stats(rows: list[dict], scene: str) -> dict:
+    """frame_stats of one scene's eval rows, normal and shifted conditions ("scene/normal", "scene/shifted")."""
     res = {}
     for part, keep in (("normal", lambda c: c in NORMAL), ("shifted", lambda c: c not in NORMAL)):
-        sel = [r for r in rows if r["scene"] == scene and keep(r["condition"])]
-        stats = subset_stats(
-            [float(r["t_err_m"]) for r in sel],
-            [float(r["r_err_deg"]) for r in sel],
-            [r["status"] for r in sel],
-            [float(r["latency_ms"]) for r in sel],
-        )
-        res[f"{scene}/{part}"] = {
-            "n": stats["n_frames"],
-            "median_m": stats["median_translation_m"],
-            "median_deg": stats["median_rotation_deg"],
-            "recall": stats["recall"],
-        }
+        res[f"{scene}/{part}"] = frame_stats([r for r in rows if r["scene"] == scene and keep(r["condition"])])
     return res
 
 

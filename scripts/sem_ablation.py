@@ -13,12 +13,15 @@ Per scene (one lane each, ``--jobs`` in parallel, ``--threads`` torch threads pe
 3. ``nerf__<scene>``: the semantic field (config/models/nerf.yaml, ``--nerf-epochs`` if given);
 4. ``poseformer_sem__<scene>``: stage 3 of PoseFormer_sem (config/models/poseformer_sem.yaml) from
    the artifacts of 1 and 3 for ``--refine-epochs`` epochs: the same number of passes over the
-   training images as 2, with eq. 12 instead of the pose loss.
+   training images as 2, with eq. 12 instead of the pose loss;
+5. with ``--control``, ``bnstats__<scene>``: step 4 at learning rate 0, so that nothing but the
+   batch-norm running statistics changes (stage 3 trains batch norm in training mode): which part
+   of row 4's change is eq. 12's and which is re-estimated statistics.
 
-Rows 1, 2 and 4 are evaluated with ``visloc eval`` on the test split (normal = day queries, shifted =
+Rows 1, 2, 4 (and 5) are evaluated with ``visloc eval`` on the test split (normal = day queries, shifted =
 dusk, night, over-exposed, crowded). Finished steps are kept (artifacts are written atomically):
-rerunning the command does only what is missing. Output: OUT/table.md, OUT/results.json, logs in
-OUT/log/.
+rerunning the command does only what is missing. Output: OUT/table.md (also per condition),
+OUT/results.json, logs in OUT/log/.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from apr_ablation import dataset_scenes, run_lanes, scene_stats, write_atomic
+from apr_ablation import dataset_scenes, frame_stats, run_lanes, scene_stats, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "config" / "models"
@@ -48,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--refine-epochs", type=int, default=2, help="epochs of stage 3 and of the baseline's continuation")
     p.add_argument("--nerf-epochs", type=int, default=None, help="field epochs (default: nerf.yaml's)")
     p.add_argument("--scenes", nargs="+", default=None, help="scenes (default: all of the dataset)")
+    p.add_argument("--control", action="store_true", help="also run step 5 (stage 3 at learning rate 0)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     return p.parse_args(argv)
@@ -101,23 +105,38 @@ def lane(scene: str, args: argparse.Namespace, out: Path) -> None:
         if (nerf / "artifact.train" / "checkpoints" / "last.ckpt").is_file():
             cmd.append("--resume")
         _run(cmd, log, t)
-    sem = out / f"poseformer_sem__{scene}"
-    if not (sem / "artifact").is_dir():
-        changes = {
-            "scene": scene,
-            "stage1.artifact": str(s1 / "artifact"),
-            "stage2.artifact": str(nerf / "artifact"),
-            "stage3.epochs": args.refine_epochs,
-        }
-        cfg = _config(sem / "config.yaml", "poseformer_sem.yaml", changes)
-        cmd = ["visloc", "train", str(cfg), "--data", data, "--out", str(sem / "artifact")]
-        if (sem / "artifact.train" / "checkpoints" / "last.ckpt").is_file():
-            cmd.append("--resume")
-        _run(cmd, log, t)
-    for run in (s1, base, sem):
+    changes = {
+        "scene": scene,
+        "stage1.artifact": str(s1 / "artifact"),
+        "stage2.artifact": str(nerf / "artifact"),
+        "stage3.epochs": args.refine_epochs,
+    }
+    sems = {"poseformer_sem": changes, "bnstats": {**changes, "stage3.lr": 0.0}}
+    if not args.control:
+        sems.pop("bnstats")
+    for name, change in sems.items():
+        sem = out / f"{name}__{scene}"
+        if not (sem / "artifact").is_dir():
+            cfg = _config(sem / "config.yaml", "poseformer_sem.yaml", change)
+            cmd = ["visloc", "train", str(cfg), "--data", data, "--out", str(sem / "artifact")]
+            if (sem / "artifact.train" / "checkpoints" / "last.ckpt").is_file():
+                cmd.append("--resume")
+            _run(cmd, log, t)
+    for run in [s1, base] + [out / f"{name}__{scene}" for name in sems]:
         if not (run / "eval" / "frames.csv").is_file():
             cmd = ["visloc", "eval", str(run / "artifact"), "--data", data, "--out", str(run / "eval")]
             _run(cmd + ["--overwrite", "--no-plots", "--scenes", scene], log, t)
+
+
+ROWS = ("poseformer", "baseline", "poseformer_sem", "bnstats")
+
+
+def condition_stats(rows: list[dict], scene: str) -> dict:
+    """frame_stats of each condition of one scene's eval rows ("scene/condition")."""
+    conds = sorted({r["condition"] for r in rows if r["scene"] == scene})
+    return {
+        f"{scene}/{c}": frame_stats([r for r in rows if r["scene"] == scene and r["condition"] == c]) for c in conds
+    }
 
 
 def summarize(out: Path, scenes: list[str]) -> dict:
@@ -128,10 +147,17 @@ def summarize(out: Path, scenes: list[str]) -> dict:
         res.setdefault("nerf", {})[scene] = json.loads(
             (out / f"nerf__{scene}" / "artifact" / "report.json").read_text()
         )
-        for row in ("poseformer", "baseline", "poseformer_sem"):
-            rows = read_frames_csv(out / f"{row}__{scene}" / "eval" / "frames.csv")
-            res.setdefault(row, {}).update(scene_stats(rows, scene))
+        for row in ROWS:
+            frames = out / f"{row}__{scene}" / "eval" / "frames.csv"
+            if frames.is_file():  # bnstats only with --control
+                rows = read_frames_csv(frames)
+                res.setdefault(row, {}).update(scene_stats(rows, scene))
+                res.setdefault(f"{row}_per_condition", {}).update(condition_stats(rows, scene))
     return res
+
+
+def _cell(r: dict) -> str:
+    return f"{r['median_m']:.2f} / {r['median_deg']:.1f} ({r['recall'].get('5m_10deg', float('nan')):.2f})"
 
 
 def table(res: dict, scenes: list[str], args: argparse.Namespace) -> str:
@@ -140,18 +166,20 @@ def table(res: dict, scenes: list[str], args: argparse.Namespace) -> str:
         "poseformer": f"PoseFormer, {e} epochs (stage 1)",
         "baseline": f"PoseFormer, {e + k} epochs",
         "poseformer_sem": f"PoseFormer_sem, {e} + {k} epochs (stage 3, eq. 12)",
+        "bnstats": f"control: stage 3 at lr 0, {e} + {k} epochs (batch-norm statistics only)",
     }
+    names = {row: label for row, label in names.items() if row in res}
     head = "| model | " + " | ".join(f"{s} normal | {s} shifted" for s in scenes) + " |"
     lines = [head, "|" + "---|" * (1 + 2 * len(scenes))]
     for row, label in names.items():
-        cells = []
-        for s in scenes:
-            for part in ("normal", "shifted"):
-                r = res[row][f"{s}/{part}"]
-                cells.append(
-                    f"{r['median_m']:.2f} / {r['median_deg']:.1f} ({r['recall'].get('5m_10deg', float('nan')):.2f})"
-                )
+        cells = [_cell(res[row][f"{s}/{part}"]) for s in scenes for part in ("normal", "shifted")]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for s in scenes:
+        conds = sorted({key.split("/")[1] for key in res["poseformer_per_condition"] if key.startswith(s + "/")})
+        lines += ["", f"| {s} | " + " | ".join(conds) + " |", "|" + "---|" * (1 + len(conds))]
+        for row, label in names.items():
+            cells = [_cell(res[f"{row}_per_condition"][f"{s}/{c}"]) for c in conds]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "| field | held-out PSNR dB | depth median / mean abs m | depth mean rel | class acc | mIoU | day queries PSNR |",
