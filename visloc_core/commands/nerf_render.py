@@ -26,8 +26,6 @@ import argparse
 import csv
 import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -116,7 +114,7 @@ def _file_name(name: str) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..atomic import replace_folder
+    from ..atomic import atomic_folder
     from ..data.layout import Dataset
     from ..data.synth.preview import colorize_classes
     from ..geometry import PinholeCamera, position_quat_wxyz_from_T
@@ -147,9 +145,7 @@ def run(args: argparse.Namespace) -> int:
             v.camera = v.camera.resized(w, h)
     torch.set_grad_enabled(False)
     renders, metrics = render_and_score(model, views, "render")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic_folder(out, overwrite=args.overwrite) as tmp:
         for sub in ("rgb", "classes", "classes_color", "depth"):
             (tmp / sub).mkdir()
         rows = []
@@ -183,10 +179,6 @@ def run(args: argparse.Namespace) -> int:
                 f"{meta['scene']}: real | rendered | classes | depth | real depth  (PSNR {metrics.get('psnr_db', float('nan')):.1f} dB)",
                 (0.3, float(max(1.0, np.linalg.norm(aabb[1] - aabb[0])))),
             )
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     summary = {k: metrics[k] for k in ("psnr_db", "depth_median_abs_m", "class_accuracy") if k in metrics}
     print(f"rendered {len(views)} views into {out}" + (f": {summary}" if summary else ""))
     return 0

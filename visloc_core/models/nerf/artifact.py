@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 import yaml
 
-from ...atomic import replace_folder
+from ...atomic import atomic_folder
 from .scene import RadianceField
 
 ARTIFACT_KIND = "nerf"
@@ -45,11 +44,7 @@ def write_nerf_artifact(
 ) -> Path:
     """``meta``: scene, aabb, classes, camera, training; ``files``: name in the folder -> file to copy."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic_folder(out, overwrite=overwrite) as tmp:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / WEIGHTS_FILE)
         (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         full = {
@@ -74,21 +69,14 @@ def write_nerf_artifact(
         for name, src in (files or {}).items():
             if src is not None and Path(src).is_file():
                 shutil.copyfile(src, tmp / name)
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
 def read_nerf_meta(path: str | Path) -> dict:
-    path = Path(path)
-    meta_file = path / "artifact.json"
-    if not meta_file.is_file():
-        raise FileNotFoundError(
-            f"{path} is not a visloc artifact (no artifact.json); train a field with `visloc train`"
-        )
-    meta = json.loads(meta_file.read_text())
+    from ...localizers.loading import read_artifact_meta  # lazy: the localizers package imports models
+
+    meta_file = Path(path) / "artifact.json"
+    meta = read_artifact_meta(path)
     if meta.get("kind") != ARTIFACT_KIND:
         raise ValueError(f"{meta_file}: kind is {meta.get('kind')!r}, expected a radiance field ({ARTIFACT_KIND!r})")
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:

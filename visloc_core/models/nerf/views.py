@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ...atomic import write_bytes
 from ...data.layout import Dataset, FrameRecord
 from ...data.synth.preview import colorize_classes, colorize_depth
 from ...geometry import PinholeCamera
@@ -171,9 +172,8 @@ def contact_sheet(
     head = np.full((18, width, 3), 30, np.uint8)
     cv2.putText(head, title, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 255), 1, cv2.LINE_AA)
     sheet = np.concatenate([head] + rows)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    if not cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {tmp}")
-    tmp.replace(path)
-    return path
+    ok, png = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"could not encode the contact sheet {path}")
+    write_bytes(path, png.tobytes())
+    return Path(path)
