@@ -84,14 +84,7 @@ def read_pose_csv(path: str | Path, default_camera) -> list:
                     raise ValueError("position must be finite")
                 cam = default_camera
                 if has_cam and r["fx"]:
-                    cam = PinholeCamera(
-                        int(r["width"]),
-                        int(r["height"]),
-                        float(r["fx"]),
-                        float(r["fy"]),
-                        float(r["cx"]),
-                        float(r["cy"]),
-                    )
+                    cam = PinholeCamera.from_dict({k: r[k] for k in CAMERA_COLUMNS})
             except (ValueError, TypeError) as err:
                 raise ValueError(f"{path}: row {i + 2} is malformed: {err}") from err
             views.append(View(str(r["name"]) or f"{i:06d}", T, cam))
