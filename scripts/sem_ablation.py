@@ -3,7 +3,8 @@
 Usage (from the repo root, in .venv):
 
     visloc synth indoor_room plaza --out runs/ms
-    python scripts/sem_ablation.py --data runs/ms --out runs/sem_ablation --epochs 9 --refine-epochs 2
+    python scripts/sem_ablation.py --data runs/ms --out runs/sem_ablation --epochs 9 --refine-epochs 2 \
+        --nerf-epochs 5 --control   # what docs/models.md reports
 
 Per scene (one lane each, ``--jobs`` in parallel, ``--threads`` torch threads per process):
 
