@@ -112,26 +112,54 @@ def execute(run: dict, args: argparse.Namespace, out: Path) -> dict:
     return run
 
 
+def frame_stats(rows: list[dict]) -> dict:
+    """Median errors and recalls of a set of eval rows (frames.csv)."""
+    from visloc_core.evaluation.report import subset_stats
+
+    stats = subset_stats(
+        [float(r["t_err_m"]) for r in rows],
+        [float(r["r_err_deg"]) for r in rows],
+        [r["status"] for r in rows],
+        [float(r["latency_ms"]) for r in rows],
+    )
+    return {
+        "n": stats["n_frames"],
+        "median_m": stats["median_translation_m"],
+        "median_deg": stats["median_rotation_deg"],
+        "recall": stats["recall"],
+    }
+
+
+def scene_stats(rows: list[dict], scene: str) -> dict:
+    """frame_stats of one scene's eval rows, normal and shifted conditions ("scene/normal", "scene/shifted")."""
+    res = {}
+    for part, keep in (("normal", lambda c: c in NORMAL), ("shifted", lambda c: c not in NORMAL)):
+        res[f"{scene}/{part}"] = frame_stats([r for r in rows if r["scene"] == scene and keep(r["condition"])])
+    return res
+
+
+def run_lanes(fn, items: list, name_of, args: argparse.Namespace, out: Path) -> list[str]:
+    """Run ``fn(item, args, out)`` for every item, ``args.jobs`` at a time; returns the failed names."""
+    failed = []
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(fn, item, args, out): item for item in items}
+        for fut, item in futures.items():
+            try:
+                fut.result()
+                print(f"done {name_of(item)}", flush=True)
+            except subprocess.CalledProcessError as err:
+                failed.append(name_of(item))
+                print(f"FAILED {name_of(item)}: {err} (see {out / 'log' / (name_of(item) + '.log')})", flush=True)
+    return failed
+
+
 def summarize_run(run: dict, out: Path) -> dict:
-    from visloc_core.evaluation.report import read_frames_csv, subset_stats
+    from visloc_core.evaluation.report import read_frames_csv
 
     rows = read_frames_csv(out / run["name"] / "eval" / "frames.csv")
     res = {}
     for scene in run["eval_scenes"]:
-        for part, keep in (("normal", lambda c: c in NORMAL), ("shifted", lambda c: c not in NORMAL)):
-            sel = [r for r in rows if r["scene"] == scene and keep(r["condition"])]
-            stats = subset_stats(
-                [float(r["t_err_m"]) for r in sel],
-                [float(r["r_err_deg"]) for r in sel],
-                [r["status"] for r in sel],
-                [float(r["latency_ms"]) for r in sel],
-            )
-            res[f"{scene}/{part}"] = {
-                "n": stats["n_frames"],
-                "median_m": stats["median_translation_m"],
-                "median_deg": stats["median_rotation_deg"],
-                "recall": stats["recall"],
-            }
+        res.update(scene_stats(rows, scene))
     seconds = out / run["name"] / "train_seconds.txt"
     report = json.loads((out / run["name"] / "eval" / "report.json").read_text())
     scene_acc = (report.get("scene_classification") or {}).get("accuracy") if run["model"] in MULTI_SCENE else None
@@ -196,16 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     cost = {"ms_hyperpose": 3.0 * len(scenes), "poseformer": 2.1, "mvl_loc": 1.2 * len(scenes), "hyperpose": 1.3}
     runs = sorted(runs_for(args.models, scenes), key=lambda r: -cost.get(r["model"], 1.0))
     print(f"{len(runs)} runs, {args.jobs} at a time, {args.threads} thread(s) each; logs in {out / 'log'}", flush=True)
-    failed = []
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(execute, r, args, out): r for r in runs}
-        for fut, run in futures.items():
-            try:
-                fut.result()
-                print(f"done {run['name']}", flush=True)
-            except subprocess.CalledProcessError as err:
-                failed.append(run["name"])
-                print(f"FAILED {run['name']}: {err} (see {out / 'log' / (run['name'] + '.log')})", flush=True)
+    failed = run_lanes(execute, runs, lambda r: r["name"], args, out)
     done = [summarize_run(r, out) for r in runs if r["name"] not in failed]
     bench = None if args.skip_bench else bench_models(args.models, out, len(scenes))
     write_atomic(out / "results.json", json.dumps({"epochs": args.epochs, "runs": done}, indent=1, default=float))

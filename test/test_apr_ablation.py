@@ -70,3 +70,25 @@ def test_summary_and_table_match_the_frames(tmp_path):
     res = summ["results"]["b/shifted"]
     cell = f"{res['median_m']:.2f} / {res['median_deg']:.1f} ({res['recall']['5m_10deg']:.2f})"
     assert "| 6.70 M | 17.4 |" in line and cell in line and line.endswith("| 0.75 | 2 |")
+
+
+def test_sem_ablation_per_condition_stats_match_the_frames():
+    spec = importlib.util.spec_from_file_location("sem_ablation", REPO / "scripts" / "sem_ablation.py")
+    sem = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sem)
+    rng = np.random.default_rng(1)
+    rows = [
+        {"scene": s, "condition": c, "status": "LOCALIZED", "t_err_m": t, "r_err_deg": r, "latency_ms": 1.0}
+        for s in ("a", "b")
+        for c in ("day", "night", "crowded")
+        for t, r in zip(rng.uniform(0, 8, 5), rng.uniform(0, 30, 5))
+    ]
+    stats = sem.condition_stats(rows, "b")
+    assert sorted(stats) == ["b/crowded", "b/day", "b/night"]
+    for key, res in stats.items():
+        sel = [r for r in rows if r["scene"] == "b" and r["condition"] == key.split("/")[1]]
+        t, r = np.array([x["t_err_m"] for x in sel]), np.array([x["r_err_deg"] for x in sel])
+        assert (
+            res["n"] == 5 and np.isclose(res["median_m"], np.median(t)) and np.isclose(res["median_deg"], np.median(r))
+        )
+        assert np.isclose(res["recall"]["5m_10deg"], np.mean((t <= 5) & (r <= 10)))

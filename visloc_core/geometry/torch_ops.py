@@ -78,3 +78,40 @@ def essential_from_relative_pose(R_B33: torch.Tensor, t_B3: torch.Tensor) -> tor
     """E = [t/|t|]x R (B, 3, 3) for relative poses x_b = R x_a + t (see geometry.epipolar)."""
     t = t_B3 / t_B3.norm(dim=-1, keepdim=True).clamp_min(1e-8)
     return skew(t) @ R_B33
+
+
+def T_from_position_quat(position_B3: torch.Tensor, q_B4: torch.Tensor) -> torch.Tensor:
+    """Poses (B, 4, 4) T_world_cam from camera centres (B, 3) and quaternions (B, 4) (w, x, y, z;
+    normalised here); differentiable in both."""
+    R = R_from_quat(q_B4)
+    top = torch.cat([R, position_B3.unsqueeze(-1)], dim=-1)
+    bottom = torch.zeros_like(top[..., :1, :])
+    bottom[..., 0, 3] = 1.0
+    return torch.cat([top, bottom], dim=-2)
+
+
+def se3_exp(xi_B6: torch.Tensor) -> torch.Tensor:
+    """Exponential map of se(3): twists (B, 6) = (rho, phi) -> 4x4 transforms (B, 4, 4).
+
+    ``phi`` is a rotation vector (rad), ``rho`` the translation part: ``exp(xi) = [R, V rho; 0, 1]``
+    with ``R = exp([phi]x)`` (Rodrigues) and ``V = I + (1 - cos a)/a^2 [phi]x + (a - sin a)/a^3 [phi]x^2``.
+    A perturbed camera pose is ``T_world_cam @ se3_exp(xi)`` (xi in the camera frame). Small-angle
+    series keep values and gradients finite at xi = 0."""
+    rho, phi = xi_B6[..., :3], xi_B6[..., 3:]
+    a2 = (phi * phi).sum(-1, keepdim=True).unsqueeze(-1)  # (B, 1, 1)
+    a = a2.clamp_min(1e-24).sqrt()
+    small = a2 < 1e-8
+    # sin(a)/a, (1 - cos a)/a^2, (a - sin a)/a^3 with their Taylor series near 0
+    s1 = torch.where(small, 1.0 - a2 / 6.0, torch.sin(a) / a)
+    s2 = torch.where(small, 0.5 - a2 / 24.0, (1.0 - torch.cos(a)) / a2.clamp_min(1e-24))
+    s3 = torch.where(small, 1.0 / 6.0 - a2 / 120.0, (a - torch.sin(a)) / (a2 * a).clamp_min(1e-36))
+    K = skew(phi)
+    K2 = K @ K
+    eye = torch.eye(3, dtype=xi_B6.dtype, device=xi_B6.device).expand_as(K)
+    R = eye + s1 * K + s2 * K2
+    V = eye + s2 * K + s3 * K2
+    t = (V @ rho.unsqueeze(-1)).squeeze(-1)
+    top = torch.cat([R, t.unsqueeze(-1)], dim=-1)
+    bottom = torch.zeros_like(top[..., :1, :])
+    bottom[..., 0, 3] = 1.0
+    return torch.cat([top, bottom], dim=-2)

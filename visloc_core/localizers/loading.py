@@ -81,6 +81,11 @@ def load_localizer(artifact_dir: str | Path, device: str = "cpu") -> Localizer:
     meta = read_artifact_meta(artifact_dir)
     check_device(device)
     kind = meta["kind"]
+    if kind == "nerf":
+        raise ValueError(
+            f"{artifact_dir} is a scene radiance field (kind nerf), not a localizer: render it with "
+            "`visloc nerf render`, or use it to train one (config/models/poseformer_sem.yaml, stage2.artifact)"
+        )
     if kind not in LOCALIZERS and kind not in _PLUGIN_MODULES:
         # the registry fills on import: its own error would list only the kinds imported so far
         raise ValueError(f"{artifact_dir}: unknown artifact kind {kind!r}; known: {', '.join(_PLUGIN_MODULES)}")

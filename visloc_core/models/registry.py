@@ -25,6 +25,7 @@ APR_MODELS: Registry = Registry("APR model")
 MODEL_MODULES: dict[str, str] = {
     "posenet": "visloc_core.models.apr.posenet",
     "poseformer": "visloc_core.models.apr.poseformer",
+    "poseformer_sem": "visloc_core.models.apr.poseformer_sem",
     "hyperpose": "visloc_core.models.apr.hyperpose",
     "ms_hyperpose": "visloc_core.models.apr.ms_hyperpose",
     "mvl_loc": "visloc_core.models.apr.mvl_loc",

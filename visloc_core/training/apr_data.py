@@ -84,7 +84,8 @@ class APRDataModule(pl.LightningDataModule):
             )
         self.scene_names: list[str] = list(names)
         seed = int(self.cfg["train"]["seed"])
-        train_all = PoseDataset(self.dataset, d["train_split"], self.train_transform, self.scene_names, seed=seed)
+        extra = {"with_depth": bool(d["with_depth"]), "with_semantic": bool(d["with_semantic"]), "seed": seed}
+        train_all = PoseDataset(self.dataset, d["train_split"], self.train_transform, self.scene_names, **extra)
         if d["val_split"] is None:
             # hold out blocks per sequence (frames are grouped by sequence, in time order)
             keep = np.zeros(len(train_all.frames), dtype=bool)
@@ -93,12 +94,12 @@ class APRDataModule(pl.LightningDataModule):
                 idx = np.array([i for i, k in enumerate(seq_of) if k == key])
                 keep[idx] = ~holdout_blocks(len(idx), float(d["val_fraction"]), int(d["val_block"]))
             train_idx, val_idx = np.flatnonzero(keep), np.flatnonzero(~keep)
-            val_all = PoseDataset(self.dataset, d["train_split"], self.val_transform, self.scene_names, seed=seed)
+            val_all = PoseDataset(self.dataset, d["train_split"], self.val_transform, self.scene_names, **extra)
             self.train_set = Subset(train_all, train_idx.tolist())
             self.val_set = Subset(val_all, val_idx.tolist())
         else:
             self.train_set = Subset(train_all, list(range(len(train_all))))
-            self.val_set = PoseDataset(self.dataset, d["val_split"], self.val_transform, self.scene_names, seed=seed)
+            self.val_set = PoseDataset(self.dataset, d["val_split"], self.val_transform, self.scene_names, **extra)
         if len(self.val_set) == 0:
             raise ValueError("no validation frames: use longer sequences, a larger data.val_fraction or data.val_split")
         self.train_frames = [train_all.frames[i] for i in self.train_set.indices]

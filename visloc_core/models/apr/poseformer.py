@@ -23,10 +23,8 @@ Loss (eq. 9-11): Kendall's learned weighting of L_x = |x0 - x|_2 and L_q = |q0 -
 trainer's ``kendall`` loss (training/losses.py) is that equation, selected in
 config/models/poseformer.yaml.
 
-Left out: the Semantic-NeRF stage (sec. 3.2, stages 2-3 of sec. 4.1). It needs a Semantic-NeRF
-trained per scene for 4000 epochs plus a semantic decoder on PoseFormer's features; that is out of
-reach on our 2-core CPUs within the project's budget, and nothing else in visloc trains NeRFs. The
-inference network (all the paper's reported PoseFormer numbers) is complete without it.
+The Semantic-NeRF stages (sec. 3.2, stages 2-3 of sec. 4.1) train this same network further:
+PoseFormer_sem, models/apr/poseformer_sem.py and training/poseformer_sem.py.
 
 Config keys (``model:`` section; defaults in ``DEFAULT_CONF``) are listed there with comments.
 """
