@@ -253,7 +253,8 @@ def _hold_lock(path) -> subprocess.Popen:
 
 def test_two_map_builds_and_two_trainings_into_one_output_fail_fast(tmp_path, capsys):
     """The attack: two `visloc map build` into one --out both exited 0 (the later replaced the earlier);
-    two `visloc train` shared OUT.train/checkpoints. Now the second one stops at once, naming the first."""
+    two `visloc train` shared OUT.train/checkpoints. Now the second one stops at once, naming the first
+    (map build, APR, radiance-field and PoseFormer_sem training)."""
     from apr_tiny import make_tiny_dataset
 
     from visloc_core.cli import main
@@ -261,12 +262,17 @@ def test_two_map_builds_and_two_trainings_into_one_output_fail_fast(tmp_path, ca
     data = make_tiny_dataset(tmp_path / "ds", n_train=4)
     cfg = tmp_path / "posenet.yaml"
     cfg.write_text("model: {name: posenet, backbone: mobilenet_v2, pretrained: false}\ntrain: {epochs: 1}\n")
+    nerf_cfg, sem_cfg = tmp_path / "nerf.yaml", tmp_path / "sem.yaml"
+    nerf_cfg.write_text("task: nerf\n")  # the radiance-field and PoseFormer_sem trainers lock the same way
+    sem_cfg.write_text("task: poseformer_sem\n")
     runs = [
         (["map", "build", "config/models/relpose_sift.yaml", "--data", str(data), "--out", str(tmp_path / "map")],
          tmp_path / "map"),
         (["train", str(cfg), "--data", str(data), "--out", str(tmp_path / "apr")], tmp_path / "apr"),
         (["train", str(cfg), "--data", str(data), "--out", str(tmp_path / "apr2"), "--work-dir", str(tmp_path / "w")],
          tmp_path / "w"),
+        (["train", str(nerf_cfg), "--data", str(data), "--out", str(tmp_path / "field")], tmp_path / "field.train"),
+        (["train", str(sem_cfg), "--data", str(data), "--out", str(tmp_path / "sem")], tmp_path / "sem"),
     ]  # fmt: skip
     for argv, locked in runs:
         holder = _hold_lock(locked)

@@ -222,7 +222,9 @@ def train(cfg: dict, data: str | Path, out: str | Path, args: argparse.Namespace
         return _train_locked(cfg, data, out, work, args)
 
 
-def _check_outputs(out: Path, work: Path, last: Path, resume: bool, overwrite: bool) -> None:
+def check_outputs(out: Path, work: Path, last: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse an existing ``out`` without --overwrite, a --resume without a checkpoint, and a work folder
+    holding an earlier run's checkpoints without --resume / --overwrite (which starts over)."""
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
     if resume and not last.is_file():
@@ -255,7 +257,7 @@ def _train_locked(
     overwrite = bool(getattr(args, "overwrite", False))
     last = work / "checkpoints" / "last.ckpt"
     if not secondary:  # a secondary DDP rank: rank 0 checked (and with --overwrite emptied) the outputs
-        _check_outputs(out, work, last, resume, overwrite)
+        check_outputs(out, work, last, resume, overwrite)
     work.mkdir(parents=True, exist_ok=True)
 
     pl.seed_everything(int(cfg["train"]["seed"]), workers=True)

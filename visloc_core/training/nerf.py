@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -43,6 +42,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from ..atomic import output_lock
 from ..data.layout import Dataset
 from ..models.nerf.artifact import write_nerf_artifact
 from ..models.nerf.field import FIELD_DEFAULTS
@@ -50,6 +50,7 @@ from ..models.nerf.rays import camera_rays
 from ..models.nerf.sampling import SAMPLING_DEFAULTS
 from ..models.nerf.scene import RadianceField
 from ..models.nerf.views import View, contact_sheet, load_view, render_and_score, render_view, score_views
+from .apr import check_outputs, work_dir_for
 from .apr_data import holdout_blocks
 from .config import deep_merge
 
@@ -316,10 +317,6 @@ class NeRFModule(pl.LightningModule):
 
 
 # ---------------------------------------------------------------------------------------- train
-def work_dir_for(out: Path) -> Path:
-    return out.with_name(out.name + ".train")
-
-
 def eval_size(cfg: dict) -> tuple[int, int]:
     e, d = cfg["eval"], cfg["data"]
     return int(e["image_width"] or d["image_width"]), int(e["image_height"] or d["image_height"])
@@ -352,25 +349,26 @@ def _pick(views: list[View], every: int, max_n: int) -> list[View]:
 
 
 def train(cfg: dict, data: str | Path, out: str | Path, args: argparse.Namespace | None = None) -> Path | None:
-    """Train a radiance field on ``data`` and write the NeRF artifact ``out`` (None if interrupted)."""
+    """Train a radiance field on ``data`` and write the NeRF artifact ``out`` (None if interrupted).
+
+    As for APR training, ``out`` and the work folder are locked for the whole run
+    (visloc_core.atomic.output_lock): a second training into either fails at once."""
     args = args or argparse.Namespace()
+    out = Path(out)
+    work = Path(getattr(args, "work_dir", None) or work_dir_for(out))
+    with output_lock(out, "--out"), output_lock(work, "--work-dir"):
+        return _train_locked(cfg, data, out, work, args)
+
+
+def _train_locked(cfg: dict, data: str | Path, out: Path, work: Path, args: argparse.Namespace) -> Path | None:
     cfg = nerf_config(cfg)
     if getattr(args, "device", None):
         cfg["train"]["device"] = args.device
     if getattr(args, "epochs", None):
         cfg["train"]["epochs"] = int(args.epochs)
-    out = Path(out)
-    work = Path(getattr(args, "work_dir", None) or work_dir_for(out))
     resume, overwrite = bool(getattr(args, "resume", False)), bool(getattr(args, "overwrite", False))
     last = work / "checkpoints" / "last.ckpt"
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
-    if resume and not last.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint {last} (train once without --resume first)")
-    if not resume and (work / "checkpoints").exists():
-        if not overwrite:
-            raise FileExistsError(f"{work} holds checkpoints of an earlier run; pass --resume or --overwrite")
-        shutil.rmtree(work)
+    check_outputs(out, work, last, resume, overwrite)
     work.mkdir(parents=True, exist_ok=True)
 
     pl.seed_everything(int(cfg["train"]["seed"]), workers=True)

@@ -48,6 +48,7 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.nn import functional as F
 
+from ..atomic import output_lock
 from ..data.layout import Dataset
 from ..geometry.torch_ops import T_from_position_quat
 from ..models.apr.artifact import SceneStats, load_apr_artifact, write_apr_artifact
@@ -217,12 +218,19 @@ def _stage_artifact(stage: dict, base: Path, path: Path, kind: str, args, run) -
 
 
 def train(cfg: dict, data: str | Path, out: str | Path, args: argparse.Namespace | None = None) -> Path | None:
-    """Run the three stages on ``data`` and write the PoseFormer_sem APR artifact ``out``."""
+    """Run the three stages on ``data`` and write the PoseFormer_sem APR artifact ``out``.
+
+    ``out`` and the work folder are locked for the whole run, as for every trainer."""
     args = args or argparse.Namespace()
+    out = Path(out)
+    work = Path(getattr(args, "work_dir", None) or apr_trainer.work_dir_for(out))
+    with output_lock(out, "--out"), output_lock(work, "--work-dir"):
+        return _train_locked(cfg, str(data), out, work, args)
+
+
+def _train_locked(cfg: dict, data: str, out: Path, work: Path, args: argparse.Namespace) -> Path | None:
     cfg = sem_config(cfg)
     base = Path(args.config).resolve().parent if getattr(args, "config", None) else Path.cwd()
-    out, data = Path(out), str(data)
-    work = Path(getattr(args, "work_dir", None) or apr_trainer.work_dir_for(out))
     resume, overwrite = bool(getattr(args, "resume", False)), bool(getattr(args, "overwrite", False))
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
