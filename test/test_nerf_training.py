@@ -148,3 +148,31 @@ def test_load_localizer_refuses_a_field_with_a_clear_error(trained):
     root, _, _ = trained
     with pytest.raises(ValueError, match=r"scene radiance field .* not a localizer"):
         load_localizer(root / "field")
+
+
+def test_damaged_field_is_refused_naming_the_file(trained, tmp_path, capsys):
+    """Checksums recorded at write (visloc_core.integrity): a flipped byte of model.pt, or a format_version
+    this visloc does not know, is one clear line from `visloc nerf render`, not a torch error or a field
+    that renders garbage."""
+    import shutil
+
+    root, data, _ = trained
+    field = tmp_path / "field"
+    shutil.copytree(root / "field", field)
+    weights = field / "model.pt"
+    raw = bytearray(weights.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    weights.write_bytes(bytes(raw))
+    assert visloc(["nerf", "render", str(field), "--data", str(data), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{weights} is damaged" in err and "visloc train" in err, err
+
+    shutil.rmtree(field)
+    shutil.copytree(root / "field", field)
+    meta = json.loads((field / "artifact.json").read_text())
+    meta["format_version"] = 99
+    (field / "artifact.json").write_text(json.dumps(meta))
+    assert visloc(["nerf", "render", str(field), "--data", str(data), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "format_version 99 is not one this visloc reads" in err, err
+    assert not (tmp_path / "r").exists()

@@ -136,8 +136,8 @@ def run(args: argparse.Namespace) -> int:
         views = _spread(read_pose_csv(args.poses, train_cam), args.every, args.max_views)
         for v in views:
             v.camera = v.camera.resized(w, h)
-    torch.set_grad_enabled(False)
-    renders, metrics = render_and_score(model, views, "render")
+    with torch.no_grad():  # scoped: switching autograd off for the process broke later pose gradients
+        renders, metrics = render_and_score(model, views, "render")
     with atomic_folder(out, overwrite=args.overwrite) as tmp:
         for sub in ("rgb", "classes", "classes_color", "depth"):
             (tmp / sub).mkdir()

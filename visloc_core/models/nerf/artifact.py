@@ -26,11 +26,13 @@ import torch
 import yaml
 
 from ...atomic import atomic_folder
+from ...integrity import ArtifactError, check_format_version, file_digests, verify_files
 from .scene import RadianceField
 
 ARTIFACT_KIND = "nerf"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.pt"
+RETRAIN = "train the field again with `visloc train config/models/nerf.yaml`"
 
 
 def write_nerf_artifact(
@@ -64,11 +66,12 @@ def write_nerf_artifact(
             **meta,
             "report": "report.json",
         }
-        (tmp / "artifact.json").write_text(json.dumps(full, indent=2))
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
         for name, src in (files or {}).items():
             if src is not None and Path(src).is_file():
                 shutil.copyfile(src, tmp / name)
+        full["files"] = file_digests(tmp)  # checked at load (visloc_core.integrity); the metadata is written last
+        (tmp / "artifact.json").write_text(json.dumps(full, indent=2))
     return out
 
 
@@ -79,8 +82,7 @@ def read_nerf_meta(path: str | Path) -> dict:
     meta = read_artifact_meta(path)
     if meta.get("kind") != ARTIFACT_KIND:
         raise ValueError(f"{meta_file}: kind is {meta.get('kind')!r}, expected a radiance field ({ARTIFACT_KIND!r})")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise ValueError(f"{meta_file}: format_version {meta['format_version']} is newer than this visloc reads")
+    check_format_version(meta, meta_file, FORMAT_VERSION, RETRAIN, what="radiance field")
     return meta
 
 
@@ -88,6 +90,7 @@ def load_radiance_field(path: str | Path, device: str = "cpu") -> tuple[Radiance
     """Rebuild the field from the artifact alone; returns (model in eval mode on ``device``, metadata)."""
     path = Path(path)
     meta = read_nerf_meta(path)
+    verify_files(path, meta, RETRAIN)  # a truncated or bit-flipped file: one line naming it
     model = RadianceField(meta["field"], meta["sampling"], meta["aabb"], int(meta["n_classes"]))
     weights = path / meta.get("weights", WEIGHTS_FILE)
     if not weights.is_file():
@@ -95,7 +98,7 @@ def load_radiance_field(path: str | Path, device: str = "cpu") -> tuple[Radiance
     state = torch.load(weights, map_location="cpu", weights_only=True)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(
+        raise ArtifactError(
             f"{weights} does not fit the field in artifact.json: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return model.to(device).eval(), meta
