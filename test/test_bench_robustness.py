@@ -26,15 +26,19 @@ def setup(tmp_path_factory):
 def test_fuzz_every_message_is_counted_and_valid_frames_still_localize(setup):
     work, art, frames = setup
     r = rb.fuzz(work, art, frames, n_messages=240, seed=1)
-    assert r["messages_sent"] == 240  # 120 malformed to each node (besides one valid camera_info each)
-    assert (r["lost_in_transport"], r["unaccounted"], r["crashes"], r["errors"]) == (0, 0, 0, 0), r
-    assert r["received"] == r["counted"] == r["messages_sent"]
+    assert r["messages_sent"] == 240  # 120 malformed to each node (besides the valid camera_info of each)
+    # every message the node received is counted; only best-effort camera_info may be lost in transport
+    # (the image, odometry and initialpose topics are reliable): a loaded machine dropped 3 of 240 once
+    assert (r["unaccounted"], r["crashes"], r["errors"]) == (0, 0, 0), r
+    assert r["received"] == r["counted"] == r["messages_sent"] - r["lost_in_transport"]
     for mode in ("raw", "compressed"):
         row = r["by_mode"][mode]
-        # every non-image message was refused (each one is malformed), and named by topic
+        assert set(row["lost_by_topic"]) <= {"camera_info"}, (mode, row)
+        # every non-image message that arrived was refused (each one is malformed), and named by topic
         for topic in ("camera_info", "odom", "initialpose"):
-            expected = row["sent_by_topic"][topic] - (1 if topic == "camera_info" else 0)
-            assert row["bad_input_by_topic"][topic] == expected, (mode, topic, row)
+            got = row["received_by_topic"].get(topic, 0)
+            expected = got - (row["valid_camera_info_received"] if topic == "camera_info" else 0)
+            assert row["bad_input_by_topic"].get(topic, 0) == expected, (mode, topic, row)
         assert row["frames_processed"] == 0  # no malformed image was localized
     assert (
         r["valid_frames_localized"] == r["valid_frames_localized_by_a_fresh_localizer"] == r["valid_frames_sent"] == 4
