@@ -16,7 +16,9 @@ per scene; "normal" is the day condition and "shifted" every other condition.
 Runs go in parallel lanes (``--jobs``), each pinned to ``--threads`` torch/OpenMP threads. Finished
 runs are kept: run the same command again after an interruption and only missing runs are done.
 Output: ``OUT/results.json`` and ``OUT/table.md`` (written atomically), one folder per run with the
-artifact, its training logs (``*.train/``) and the eval report, and ``OUT/log/<run>.log``.
+artifact, its training logs (``*.train/``) and the eval report, and ``OUT/log/<run>.log``. The table
+has a second part for the multi-scene models: the fraction of queries whose scene the model picked
+right, per condition (from the eval's frames.csv: ``predicted_scene`` against ``scene``).
 Parameter counts and inference times come from ``visloc bench models`` (batch 1, 1 thread).
 """
 
@@ -161,12 +163,19 @@ def summarize_run(run: dict, out: Path) -> dict:
     for scene in run["eval_scenes"]:
         res.update(scene_stats(rows, scene))
     seconds = out / run["name"] / "train_seconds.txt"
-    report = json.loads((out / run["name"] / "eval" / "report.json").read_text())
-    scene_acc = (report.get("scene_classification") or {}).get("accuracy") if run["model"] in MULTI_SCENE else None
+    scene_acc, per_cond = None, None
+    if run["model"] in MULTI_SCENE:
+        picked = [r for r in rows if r["predicted_scene"]]
+        scene_acc = float(np.mean([r["predicted_scene"] == r["scene"] for r in picked])) if picked else None
+        per_cond = {
+            c: float(np.mean([r["predicted_scene"] == r["scene"] for r in picked if r["condition"] == c]))
+            for c in sorted({r["condition"] for r in picked})
+        }
     return {
         **run,
         "results": res,
         "scene_accuracy": scene_acc,
+        "scene_accuracy_per_condition": per_cond,
         "train_seconds": float(seconds.read_text()) if seconds.exists() else None,
     }
 
@@ -211,6 +220,15 @@ def table(summaries: list[dict], bench: dict | None, scenes: list[str], epochs: 
         lines.append(f"| {model} | {params} | {ms:.1f} | " if ms else f"| {model} | {params} | - | ")
         acc = extra[model]["acc"]
         lines[-1] += " | ".join(cells) + f" | {'-' if acc is None else f'{acc:.2f}'} | {extra[model]['sec'] / 60:.0f} |"
+    multi = [s for s in summaries if s.get("scene_accuracy_per_condition")]
+    if multi:
+        conds = sorted({c for s in multi for c in s["scene_accuracy_per_condition"]}, key=lambda c: (c not in NORMAL, c))
+        lines += ["", "Scene accuracy of the multi-scene models per condition (all scenes' queries):", ""]
+        lines += ["| model | " + " | ".join(conds) + " | all |", "|" + "---|" * (len(conds) + 2)]
+        for s in multi:
+            acc = s["scene_accuracy_per_condition"]
+            cells = [f"{acc[c]:.2f}" if c in acc else "-" for c in conds]
+            lines.append(f"| {s['model']} | " + " | ".join(cells) + f" | {s['scene_accuracy']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

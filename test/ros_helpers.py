@@ -4,7 +4,8 @@ rclpy executor (the node under test plus a probe node that publishes inputs and 
 The artifact is a PoseNet (MobileNetV2 with its ImageNet weights, 64x48 input) trained for 15 epochs
 on test/apr_tiny.py's sliding-window scene (~25 s on one core). It is cached under
 ``$XDG_CACHE_HOME/visloc/test-artifacts/<key>``, the key hashing the training config and the source
-files of the trainer and model, so a change of either retrains it.
+files of the trainer and model, so a change of either retrains it. ``trained_two_scene_artifact()``
+is the same for a small multi-scene model (MVL-Loc) on apr_tiny's two scenes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import skimage.data
-from apr_tiny import H, W, image_at, make_tiny_dataset, pose_at
+from apr_tiny import H, W, image_at, make_tiny_dataset, make_two_scene_dataset, pose_at, scene_pose_at, scene_texture
 from bounds import seed, threads
 
 from visloc_core.geometry import PinholeCamera
@@ -54,13 +55,38 @@ TINY_N_TRAIN = 40
 TINY_CAMERA = PinholeCamera(W, H, 50.0, 50.0, (W - 1) / 2, (H - 1) / 2)
 
 
-def _source_key() -> str:
+# A small MVL-Loc on apr_tiny's two scenes ('astro', 'coffee'; 20 frames each): the multi-scene node
+# and replay tests. Loss weights start balanced (alpha = beta = 0): in 150 steps the paper's -4 / -2
+# would barely move.
+TWO_SCENE_TRAIN_CFG = {
+    "model": {
+        "name": "mvl_loc",
+        "backbone": "mobilenet_v2",
+        "pretrained": True,
+        "d_model": 64,
+        "heads": 4,
+        "ff_dim": 128,
+        "embed_dim": 64,
+        "head_hidden": [64],
+        "dropout": 0.0,
+    },
+    "loss": {"name": "log_quat_l1", "alpha": 0.0, "beta": 0.0},
+    "data": TINY_TRAIN_CFG["data"],
+    "train": {"epochs": 30, "lr": 1.0e-3, "progress_bar": False, "seed": seed()},
+}
+TWO_SCENE_N_TRAIN = 20
+
+
+def _source_key(
+    cfg: dict = TINY_TRAIN_CFG, n_train: int = TINY_N_TRAIN, model_files: tuple[str, ...] = ("posenet.py",)
+) -> str:
     # the seed is in the config; the thread count too: a suite run with 1 thread uses a model trained with 1
-    h = hashlib.sha256(repr(TINY_TRAIN_CFG).encode() + str(TINY_N_TRAIN).encode() + f"threads={threads()}".encode())
+    h = hashlib.sha256(repr(cfg).encode() + str(n_train).encode() + f"threads={threads()}".encode())
     # The files that define what this artifact computes (not the whole trainer: other engineers'
     # unrelated edits must not force a retrain in every session); a stale artifact that no longer
     # loads is retrained by trained_tiny_artifact().
-    for sub in ("models/apr/posenet.py", "models/backbones.py", "models/apr/artifact.py", "localizers/apr.py"):
+    models = tuple(f"models/apr/{f}" for f in model_files)
+    for sub in (*models, "models/backbones.py", "models/apr/artifact.py", "localizers/apr.py"):
         h.update((REPO / "visloc_core" / sub).read_bytes())
     h.update((REPO / "test" / "apr_tiny.py").read_bytes())
     return h.hexdigest()[:16]
@@ -68,8 +94,20 @@ def _source_key() -> str:
 
 def trained_tiny_artifact() -> Path:
     """Path of the cached trained tiny APR artifact (trains it on a cache miss)."""
+    return _cached_artifact(f"apr-tiny-{_source_key()}", TINY_TRAIN_CFG, lambda d: make_tiny_dataset(d, TINY_N_TRAIN))
+
+
+def trained_two_scene_artifact() -> Path:
+    """Path of the cached small multi-scene (MVL-Loc) artifact of scenes 'astro' and 'coffee'."""
+    key = _source_key(TWO_SCENE_TRAIN_CFG, TWO_SCENE_N_TRAIN, ("mvl_loc.py", "paper_layers.py", "text_encoders.py"))
+    return _cached_artifact(
+        f"apr-two-scenes-{key}", TWO_SCENE_TRAIN_CFG, lambda d: make_two_scene_dataset(d, TWO_SCENE_N_TRAIN)
+    )
+
+
+def _cached_artifact(name: str, cfg: dict, make_data: Callable[[Path], Path]) -> Path:
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "visloc" / "test-artifacts"
-    out = cache / f"apr-tiny-{_source_key()}"
+    out = cache / name
     if (out / "artifact.json").is_file():
         try:
             from visloc_core.localizers.loading import load_localizer
@@ -81,10 +119,10 @@ def trained_tiny_artifact() -> Path:
     from visloc_core.training.apr import train
 
     cache.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="apr-tiny-", dir=cache))
+    work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=cache))
     try:
-        make_tiny_dataset(work / "data", n_train=TINY_N_TRAIN)
-        art = train(TINY_TRAIN_CFG, work / "data", work / "artifact", argparse.Namespace(work_dir=str(work / "train")))
+        make_data(work / "data")
+        art = train(cfg, work / "data", work / "artifact", argparse.Namespace(work_dir=str(work / "train")))
         with contextlib.suppress(OSError):  # another session won the race: use theirs
             art.rename(out)
     finally:
@@ -117,8 +155,12 @@ def tiny_texture() -> np.ndarray:
     return cv2.resize(skimage.data.astronaut(), (384, 192), interpolation=cv2.INTER_AREA)
 
 
-def tiny_frames(s_values) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(image RGB (48, 64, 3), true T_world_cam) at path parameters ``s_values`` of apr_tiny's scene."""
+def tiny_frames(s_values, scene: str | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image RGB (48, 64, 3), true T_world_cam) at path parameters ``s_values`` of apr_tiny's scene
+    (or of one of its two scenes, 'astro' or 'coffee')."""
+    if scene is not None:
+        tex = scene_texture(scene)
+        return [(image_at(float(s), tex), scene_pose_at(scene, float(s))) for s in s_values]
     tex = tiny_texture()
     return [(image_at(float(s), tex), pose_at(float(s))) for s in s_values]
 
@@ -247,18 +289,22 @@ def write_tiny_bag(
     period_ns: int = 100_000_000,
     storage: str = "sqlite3",
     compressed: bool = False,
+    scene: str | list[str] | None = None,
 ) -> tuple[Path, list[int], list[np.ndarray]]:
-    """A real rosbag2 of apr_tiny's scene seen from a robot: camera at ``s_values``, /ground_truth/pose
-    (T_map_base), /odom at twice the camera rate with a constant map->odom drift, /tf, /tf_static.
+    """A real rosbag2 of apr_tiny's scene (or of its two-scene variant's ``scene``, or one scene per
+    frame when ``scene`` is a list) seen from a robot:
+    camera at ``s_values``, /ground_truth/pose (T_map_base), /odom at twice the camera rate with a
+    constant map->odom drift, /tf, /tf_static.
     Returns (bag path, image stamps, true T_world_cam of the optical frame per image)."""
     from visloc_core.data.bags.write import SequenceBagWriter
     from visloc_core.geometry import ROS_OPTICAL_TO_BODY, interpolate_poses, invert_T
 
     mount, drift = _mounts()
     T_base_cam = mount @ ROS_OPTICAL_TO_BODY
-    tex = tiny_texture()
+    scenes = scene if isinstance(scene, list) else [scene] * len(s_values)
+    frames = [tiny_frames([s], sc)[0] for s, sc in zip(s_values, scenes, strict=True)]
     stamps = [t0_ns + i * period_ns for i in range(len(s_values))]
-    T_world_cam = [pose_at(float(s)) for s in s_values]
+    T_world_cam = [T for _, T in frames]
     T_map_base = np.stack([T @ invert_T(T_base_cam) for T in T_world_cam])
     odom_stamps = np.arange(stamps[0], stamps[-1] + 1, period_ns // 2, dtype=np.int64)
     T_mb_odom, _ = interpolate_poses(np.array(stamps, dtype=np.int64), T_map_base, odom_stamps)
@@ -266,8 +312,8 @@ def write_tiny_bag(
     w = SequenceBagWriter(path, TINY_CAMERA, mount, storage=storage, compressed=compressed)
     try:
         w.set_odometry(odom_stamps, T_odom_base, np.broadcast_to(drift, T_odom_base.shape))
-        for stamp, s, Tmb in zip(stamps, s_values, T_map_base, strict=True):
-            w.write_frame(stamp, image_at(float(s), tex), Tmb)
+        for stamp, (img, _), Tmb in zip(stamps, frames, T_map_base, strict=True):
+            w.write_frame(stamp, img, Tmb)
         w.close()
     except BaseException:
         w.abort()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import json
 from pathlib import Path
 
 import numpy as np
@@ -48,14 +47,12 @@ def test_summary_and_table_match_the_frames(tmp_path):
             for k in range(7):
                 row = dict.fromkeys(FRAME_CSV_COLUMNS, "")
                 row.update(scene=scene, condition=cond, status="LOCALIZED", t_err_m=t[k], r_err_deg=r[k], latency_ms=1)
+                row["predicted_scene"] = scene if rng.uniform() < 0.7 else ("b" if scene == "a" else "a")
                 rows.append(row)
     with open(tmp_path / run["name"] / "eval" / "frames.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FRAME_CSV_COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    (tmp_path / run["name"] / "eval" / "report.json").write_text(
-        json.dumps({"scene_classification": {"accuracy": 0.75}})
-    )
     (tmp_path / run["name"] / "train_seconds.txt").write_text("120\n")
     summ = ab.summarize_run(run, tmp_path)
     for key, (t, r) in truth.items():
@@ -63,13 +60,20 @@ def test_summary_and_table_match_the_frames(tmp_path):
         assert res["n"] == len(t)
         assert np.isclose(res["median_m"], np.median(t)) and np.isclose(res["median_deg"], np.median(r))
         assert np.isclose(res["recall"]["5m_10deg"], np.mean((np.array(t) <= 5) & (np.array(r) <= 10)))
-    assert summ["scene_accuracy"] == 0.75
+    ok = np.array([r["predicted_scene"] == r["scene"] for r in rows])
+    cond = np.array([r["condition"] for r in rows])
+    assert np.isclose(summ["scene_accuracy"], ok.mean())
+    assert summ["scene_accuracy_per_condition"] == {c: float(ok[cond == c].mean()) for c in ("day", "dusk", "night")}
     bench = {"models": {"mvl_loc": {"parameters": 6.7e6, "ms_1_thread": 17.4}}}
     table = ab.table([summ], bench, ["a", "b"], 15)
     line = next(x for x in table.splitlines() if x.startswith("| mvl_loc"))
     res = summ["results"]["b/shifted"]
     cell = f"{res['median_m']:.2f} / {res['median_deg']:.1f} ({res['recall']['5m_10deg']:.2f})"
-    assert "| 6.70 M | 17.4 |" in line and cell in line and line.endswith("| 0.75 | 2 |")
+    assert "| 6.70 M | 17.4 |" in line and cell in line and line.endswith(f"| {ok.mean():.2f} | 2 |")
+    # the per-condition scene accuracy table: normal light first
+    per = [x for x in table.splitlines() if x.startswith("| mvl_loc")][1]
+    acc = summ["scene_accuracy_per_condition"]
+    assert per == f"| mvl_loc | {acc['day']:.2f} | {acc['dusk']:.2f} | {acc['night']:.2f} | {ok.mean():.2f} |"
 
 
 def test_sem_ablation_per_condition_stats_match_the_frames():

@@ -8,30 +8,23 @@ import sys
 from pathlib import Path
 from unittest import mock
 
-import cv2
 import numpy as np
 import pytest
-import skimage.data
 import torch
 
-from visloc_core.data.layout import DatasetWriter
-from visloc_core.geometry import PinholeCamera
 from visloc_core.models.apr.paper_layers import HyperLayerGenerator, hyper_mlp, sinusoidal_pe_2d
 from visloc_core.models.apr.poseformer import CrossScaleAttention
 from visloc_core.models.registry import SceneSpec, build_apr_model
 from visloc_core.training.config import apr_config, load_yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from apr_tiny import H, W, image_at, pose_at
+from apr_tiny import SCENE_DESCRIPTIONS, H, W, make_two_scene_dataset
 from bounds import record, seed
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_MODELS = ("poseformer", "hyperpose", "ms_hyperpose", "mvl_loc")
 MULTI_SCENE = ("ms_hyperpose", "mvl_loc")
-SCENES = [
-    SceneSpec("astro", "an astronaut in a white space suit in front of a flag"),
-    SceneSpec("coffee", "a cup of coffee on a saucer on a wooden table"),
-]
+SCENES = [SceneSpec(name, text) for name, text in SCENE_DESCRIPTIONS.items()]
 # Small widths so the tests run in seconds on one thread; the architecture is the paper's.
 SMALL = {
     "poseformer": {"d_model": 64, "heads": 4, "head_dim": 128, "head_hidden": [64, 32]},
@@ -116,7 +109,7 @@ def test_gradients_reach_every_parameter(name: str) -> None:
         named = [n for n in params if ".gens." in n or n.startswith("gen_")]
         assert named
     else:
-        named = ["text_proj.weight", "scene_fc.weight"]
+        named = ["text_proj.weight", "cls_text.weight", "cls_vision.weight", "logit_scale"]
     for n in named:
         assert params[n].grad.abs().sum() > 0, n
 
@@ -196,22 +189,71 @@ def test_minilm_embeds_similar_descriptions_closer() -> None:
 
 
 def test_mvl_loc_caches_text_embeddings_in_the_state_dict() -> None:
-    from visloc_core.models.apr.text_encoders import encode_minilm
+    from visloc_core.models.apr.text_encoders import _minilm, encode_minilm
 
     model = small_model("mvl_loc").eval()
     with torch.no_grad():
         model(torch.rand(1, 3, 48, 64))
-    emb = model.state_dict()["text_emb_SE"]
-    torch.testing.assert_close(emb, encode_minilm([s.description for s in SCENES]))
+    state = model.state_dict()
+    sent = encode_minilm([s.description for s in SCENES])
+    torch.testing.assert_close(state["text_sent_SE"], sent)
+    # Per-word tokens: as many as the tokenizer makes ([CLS] ... [SEP]); their mean, normalised, is
+    # the sentence embedding (MiniLM's mean pooling): the tokens are the ones the sentence is made of.
+    tokenizer = _minilm().tokenizer
+    for k, scene in enumerate(SCENES):
+        n = int(state["text_len_S"][k])
+        assert n == len(tokenizer(scene.description)["input_ids"])
+        assert torch.all(state["text_tok_STE"][k, n:] == 0)
+        mean = state["text_tok_STE"][k, :n].mean(dim=0)
+        torch.testing.assert_close(mean / mean.norm(), sent[k], atol=1e-5, rtol=0)
     # A model rebuilt from the state dict (as the localizer does) never calls the text encoder.
     fresh = small_model("mvl_loc").eval()
-    fresh.load_state_dict(model.state_dict())
-    no_encoder = mock.patch("visloc_core.models.apr.mvl_loc.encode_texts", side_effect=AssertionError("encoder called"))
+    fresh.load_state_dict(state)
+    no_encoder = mock.patch(
+        "visloc_core.models.apr.mvl_loc.encode_text_tokens", side_effect=AssertionError("encoder called")
+    )
     with no_encoder, torch.no_grad():
         a = fresh(torch.ones(1, 3, 48, 64))
     with torch.no_grad():
         b = model(torch.ones(1, 3, 48, 64))
     torch.testing.assert_close(a["position_B3"], b["position_B3"])
+
+
+def test_mvl_loc_fusion_attends_each_image_to_its_scene_words() -> None:
+    """Eq. (3)-(4): the per-scene grouped attention equals attending image by image to the unpadded words."""
+    from visloc_core.models.apr.mvl_loc import FusionLayer
+
+    torch.manual_seed(3)
+    layer = FusionLayer(d=16, heads=2, dropout=0.0).eval()
+    t = torch.randn(5, 6, 16)
+    scene = torch.tensor([1, 0, 1, 1, 0])
+    words = torch.randn(2, 7, 16)
+    n_words = [7, 4]
+    pad = torch.arange(7)[None, :] >= torch.tensor(n_words)[:, None]
+    words[1, 4:] = 1e3  # padding content must not matter
+    with torch.no_grad():
+        out = layer(t, scene, words, pad)
+        for b in range(5):
+            x = t[b : b + 1]
+            h = layer.ln1(x)
+            x = x + layer.self_attn(h, h, h)[0]
+            h = layer.ln2(x)
+            s = int(scene[b])
+            w = words[s : s + 1, : n_words[s]]
+            x = x + layer.cross_attn(h, w, w)[0]
+            torch.testing.assert_close(out[b], x[0], rtol=1e-5, atol=1e-5)
+
+
+def test_mvl_loc_scene_logits_are_scaled_cosines() -> None:
+    """Eq. (7) logits: exp(tau) x cosine of the projected pooled visual tokens and descriptions."""
+    model = small_model("mvl_loc").eval()
+    tok = torch.randn(3, 6, model.cls_vision.in_features)
+    with torch.no_grad():
+        logits = model.scene_logits(tok).numpy()
+        img = model.cls_vision(tok.mean(dim=1)).numpy().astype(np.float64)
+        txt = model.cls_text(model.text_sent_SE).numpy().astype(np.float64)
+    cos = (img @ txt.T) / np.linalg.norm(img, axis=1)[:, None] / np.linalg.norm(txt, axis=1)[None, :]
+    np.testing.assert_allclose(logits, np.exp(np.log(1 / 0.07)) * cos, rtol=1e-4, atol=1e-4)
 
 
 def test_mvl_loc_rejects_identical_descriptions() -> None:
@@ -289,27 +331,9 @@ def test_ms_hyperpose_stages_train_one_head_at_a_time() -> None:
 
 
 # ---------------------------------------------------------------------------------- overfit
-def make_two_scene_dataset(out: Path, n: int = 4) -> Path:
-    """Two scenes (different photographs, 5 m apart), n training frames each, with descriptions."""
-    cam = PinholeCamera(W, H, 50.0, 50.0, (W - 1) / 2, (H - 1) / 2)
-    tex = {
-        "astro": cv2.resize(skimage.data.astronaut(), (384, 192), interpolation=cv2.INTER_AREA),
-        "coffee": cv2.resize(skimage.data.coffee(), (384, 192), interpolation=cv2.INTER_AREA),
-    }
-    with DatasetWriter(out, source={"type": "test-two-scenes"}) as w:
-        for k, spec in enumerate(SCENES):
-            w.set_scene(spec.name, description=spec.description)
-            for i, s in enumerate(np.linspace(0.0, 1.0, n)):
-                T = pose_at(s)
-                T[:3, 3] += 5.0 * k
-                w.add_frame(spec.name, "seq", f"{i:04d}", i * 100_000_000, T, cam, image_at(s, tex[spec.name]))
-        w.set_split("train", [f"{s.name}/seq" for s in SCENES])
-    return out
-
-
 @pytest.fixture(scope="module")
 def two_scenes(tmp_path_factory) -> Path:
-    return make_two_scene_dataset(tmp_path_factory.mktemp("two_scenes") / "ds")
+    return make_two_scene_dataset(tmp_path_factory.mktemp("two_scenes") / "ds", n_train=4)
 
 
 @pytest.mark.parametrize("name", PAPER_MODELS)

@@ -90,7 +90,14 @@ def test_eval_report_matches_independent_recomputation(setup, capsys) -> None:
     assert rep["meta"]["split"] == "test" and rep["meta"]["method"] == "apr/posenet"
     assert rep["meta"]["artifact_kind"] == "apr"
     # A single-scene APR model always names its one scene.
-    assert rep["scene_classification"] == {"n_frames": len(frames), "accuracy": 1.0}
+    n = len(frames)
+    assert rep["scene_classification"] == {
+        "n_frames": n,
+        "accuracy": 1.0,
+        "per_condition": {"dusk": {"n_frames": n, "accuracy": 1.0}},
+        "per_scene": {"line": {"n_frames": n, "accuracy": 1.0}},
+        "confusion": {"line": {"line": n}},
+    }
     assert {r["predicted_scene"] for r in rows} == {"line"}
     # APR results carry the artifact's calibrated covariance: NEES recomputed by hand.
     loc_idx = [i for i, r in enumerate(results) if r.status == Status.LOCALIZED]

@@ -82,3 +82,28 @@ def test_consistent_jumps_are_confirmed_as_the_new_pose():
     gate3 = SanityGate(GateConfig(max_jump_m=1.0, window_s=10.0, confirm_frames=0))
     gate3.check(res([0, 0, 0]), 0)
     assert all(gate3.check(res([3, 0, 0]), k * S).status == Status.REJECTED for k in range(1, 6))
+
+
+def test_a_change_of_scene_is_a_jump_confirmed_by_consecutive_frames():
+    """Multi-scene artifacts: each scene has its own world frame, so identical coordinates in two scenes
+    are not the same place; a scene switch needs confirm_frames agreeing results, a lone one is rejected."""
+    import dataclasses
+
+    def in_scene(r: LocalizationResult, scene: str) -> LocalizationResult:
+        return dataclasses.replace(r, scene=scene)
+
+    gate = SanityGate(GateConfig(max_jump_m=1.0, max_jump_deg=20.0, window_s=10.0, confirm_frames=3))
+    assert gate.check(in_scene(res([0, 0, 0]), "room"), 0).status == Status.LOCALIZED
+    lone = gate.check(in_scene(res([0.1, 0, 0]), "plaza"), S)  # 0.1 m away, but in another frame
+    assert lone.status == Status.REJECTED and "scene 'plaza' differs from scene 'room'" in lone.status_reason
+    assert gate.check(in_scene(res([0.2, 0, 0]), "room"), 2 * S).status == Status.LOCALIZED
+    # the robot really moved to the plaza: two rejected, the third agreeing one is accepted
+    statuses = [gate.check(in_scene(res([5.0 + 0.1 * k, 0, 0]), "plaza"), (3 + k) * S).status for k in range(3)]
+    assert statuses == [Status.REJECTED, Status.REJECTED, Status.LOCALIZED]
+    # a run that alternates scenes never confirms
+    gate.reset()
+    gate.check(in_scene(res([0, 0, 0]), "room"), 0)
+    alt = [
+        gate.check(in_scene(res([0, 0, 0]), s), (1 + k) * S).status for k, s in enumerate(["plaza", "hall", "plaza"])
+    ]
+    assert alt == [Status.REJECTED] * 3

@@ -16,8 +16,11 @@ Topics (relative names; remap them):
   srv  relocalize (std_srvs/Trigger): forget the gate's reference, the prior and the localizer's
        temporal state; the next frame is localized globally.
 
-Every output is stamped with the image's stamp and expressed in ``map_frame``. Only results that
-are LOCALIZED and pass the sanity gate (visloc_core/localizers/gate.py) reach ``pose``,
+Every output is stamped with the image's stamp and expressed in the map frame of the scene the
+localizer picked (``LocalizationResult.scene``): ``map_frame``, which may contain ``{scene}``
+(``map_{scene}``), or the frame ``scene_frames`` names for it (visloc_ros/scene_frames.py), so one
+multi-scene artifact serves several scenes. Only results that are LOCALIZED and pass the sanity gate
+(visloc_core/localizers/gate.py; a change of scene counts as a jump) reach ``pose``,
 ``pose_with_covariance`` and TF; REJECTED and NOT_LOCALIZED results go only to ``localization``.
 
 Frames: the pose published is that of ``base_frame`` (``T_map_base = T_map_cam @ inv(T_base_cam)``,
@@ -83,6 +86,7 @@ from visloc_core.localizers.tf_logic import PoseBuffer, T_map_odom_from, pose_in
 from visloc_ros import conversions as conv
 from visloc_ros.frame_worker import FrameWorker, WorkerBusyError
 from visloc_ros.node_health import ProblemLog, judge
+from visloc_ros.scene_frames import SceneFrames
 from visloc_ros.tf_io import NodeTf, TfUnavailableError
 from visloc_ros.visualization import Visualizer
 
@@ -105,7 +109,16 @@ PARAMETERS: dict[str, tuple[object, str]] = {
         rosmsg.DEFAULT_MAX_PIXELS,
         "images with more pixels are refused from their header, before decoding (decompression bombs)",
     ),
-    "map_frame": ("map", "frame_id of every output (the frame of the artifact's world)"),
+    "map_frame": (
+        "map",
+        "frame_id of every output (the frame of the artifact's world); may contain {scene}, replaced by the "
+        "scene the localizer picked (multi-scene artifacts: map_{scene})",
+    ),
+    "scene_frames": (
+        "",
+        "multi-scene artifacts: comma-separated scene=frame pairs giving a scene's output frame "
+        "(e.g. 'indoor_room=map,plaza=plaza_map'); scenes not named follow map_frame",
+    ),
     "odom_frame": ("", "odometry frame; when set, TF publishes map->odom (REP-105) from the odom topic or tf2"),
     "base_frame": ("base_link", "robot frame whose pose is published; empty = publish the camera's pose"),
     "camera_frame": ("", "camera optical frame; empty = the image header's frame_id"),
@@ -217,6 +230,7 @@ class LocalizerNode(LifecycleNode):
         self._camera_info_key: tuple | None = None
         self._prior: tuple[np.ndarray, float] | None = None  # (T_map_out, monotonic time received)
         self._T_base_cam_params = np.eye(4)  # set from the parameters at configure
+        self._frames: SceneFrames | None = None  # scene -> output frame, set at configure
         self._reset_pending = threading.Event()
         self._gate = SanityGate()
         self._odom = PoseBuffer()
@@ -271,11 +285,16 @@ class LocalizerNode(LifecycleNode):
                 raise ValueError("odom_frame is set but base_frame is empty: map->odom needs the base frame")
             if self._p("image_qos") not in ("sensor_data", "reliable", "system_default"):
                 raise ValueError(f"image_qos {self._p('image_qos')!r}: use sensor_data, reliable or system_default")
-            from visloc_core.localizers.loading import load_localizer, read_artifact_meta
+            from visloc_core.localizers.loading import artifact_scene_names, load_localizer, read_artifact_meta
 
-            kind = read_artifact_meta(model)["kind"]
+            meta = read_artifact_meta(model)
+            kind = meta["kind"]
             if self._p("method") and self._p("method") != kind:
                 raise ValueError(f"artifact {model} holds a {kind!r} localizer but method is {self._p('method')!r}")
+            scenes = artifact_scene_names(meta) or [""]
+            self._frames = SceneFrames(str(self._p("map_frame")), str(self._p("scene_frames")), scenes)
+            if self._frames.shared_frame_warning():
+                self.get_logger().warning(self._frames.shared_frame_warning())
             t0 = time.perf_counter()
             self.localizer = load_localizer(Path(model), str(self._p("device")))
             self.get_logger().info(
@@ -317,7 +336,7 @@ class LocalizerNode(LifecycleNode):
         self._setup_tf()
         if self._p("publish_markers") or self._p("publish_debug_image"):
             self._viz = Visualizer(
-                self, self.localizer, self._p("map_frame"), self._p("publish_markers"), self._p("publish_debug_image")
+                self, self.localizer, self._frames.frame_for, self._p("publish_markers"), self._p("publish_debug_image")
             )
         self._aux_subs = [
             self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos_profile_sensor_data),
@@ -447,6 +466,7 @@ class LocalizerNode(LifecycleNode):
             self.destroy_service(self._srv)
             self._srv = None
         self.localizer = None
+        self._frames = None
 
     def autostart(self) -> bool:
         """configure + activate (what the launch file's lifecycle events do)."""
@@ -524,9 +544,10 @@ class LocalizerNode(LifecycleNode):
         with self._lock:
             self._count_received("initialpose")
         frame = msg.header.frame_id
-        if frame and frame != self._p("map_frame"):
+        frames = self._frames.frames if self._frames is not None else {self._p("map_frame")}
+        if frame and frame not in frames:
             self._bad_input(
-                f"initialpose in frame {frame!r} ignored: must be in {self._p('map_frame')!r}",
+                f"initialpose in frame {frame!r} ignored: must be in {' or '.join(repr(f) for f in sorted(frames))}",
                 "initialpose: wrong frame",
             )
             return
@@ -708,7 +729,7 @@ class LocalizerNode(LifecycleNode):
     ) -> None:
         if not self._worker.is_current():
             return  # a worker finishing its frame after deactivate: the result is discarded
-        map_frame = self._p("map_frame")
+        map_frame = self._frames.frame_for(result.scene) if self._frames is not None else self._p("map_frame")
         base_frame = self._p("base_frame")
         T_cam_out = invert_T(T_base_cam)
         out_frame = base_frame or camera_frame
@@ -746,10 +767,10 @@ class LocalizerNode(LifecycleNode):
         pose_cov.pose = conv.to_pose_with_covariance(T_map_out, cov_out)
         self._pubs["pose_cov"].publish(pose_cov)
         if self._p("publish_tf"):
-            self._publish_tf(T_map_out, out_frame, stamp_ns)
+            self._publish_tf(T_map_out, map_frame, out_frame, stamp_ns)
 
-    def _publish_tf(self, T_map_out: np.ndarray, out_frame: str, stamp_ns: int) -> None:
-        map_frame, odom_frame = self._p("map_frame"), self._p("odom_frame")
+    def _publish_tf(self, T_map_out: np.ndarray, map_frame: str, out_frame: str, stamp_ns: int) -> None:
+        odom_frame = self._p("odom_frame")
         if odom_frame:
             T_odom_base = self._T_odom_base(stamp_ns)
             if T_odom_base is None:

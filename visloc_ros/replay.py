@@ -17,6 +17,10 @@ scoring are visloc_core/evaluation/replay_plan.py and replay_scoring.py. The CLI
    (``rate`` x real time; the node drops frames it cannot keep up with, as on a robot) or in
    lock-step (``wait``: each image waits for the node's result, so none is dropped).
    The bag's own map->* transforms are not republished (the node is the map->odom source).
+   The truth carries the scene of each frame: the dataset's (``--data``), ``--scene`` (the scene the
+   bag was recorded in), or the artifact's only scene; a multi-scene artifact needs one of the first
+   two. The scene the node picked (``LocalizationResult.scene``) is scored against it (report
+   ``scene_classification``, per condition and per scene).
 4. Scores the node's /localization results (status, pose, covariance) against the truth and writes
    the report of ``visloc eval`` (evaluation/report.py) with the replay numbers under
    ``meta.replay``: end-to-end latency (image published -> result / pose received), the node's own
@@ -40,7 +44,15 @@ import numpy as np
 import yaml
 
 from visloc_core.data.messages import stamp_ns
-from visloc_core.evaluation.replay_plan import BagPlan, ReplayError, ReplayOptions, open_bag, plan_bag, truth_lookup
+from visloc_core.evaluation.replay_plan import (
+    BagPlan,
+    ReplayError,
+    ReplayOptions,
+    open_bag,
+    plan_bag,
+    truth_lookup,
+    truth_scene,
+)
 from visloc_core.evaluation.replay_scoring import method_of, score_replay
 from visloc_core.geometry import quat_wxyz_from_R, quat_wxyz_to_xyzw
 from visloc_ros.conversions import msg_to_result
@@ -239,14 +251,14 @@ def replay(o: ReplayOptions) -> dict:
     from rclpy.serialization import deserialize_message
 
     from visloc_core.evaluation.report import write_report
-    from visloc_core.localizers.loading import check_artifact
+    from visloc_core.localizers.loading import artifact_scene_names, check_artifact
 
     plan = plan_bag(o)  # the bag's and the options' problems first, then the artifact's
-    truth = truth_lookup(o, plan)
     params = _node_params(o, plan)
     # An artifact the node cannot load leaves it unconfigured: fail here (damaged files, format
     # version), not after the start-up timeout.
-    check_artifact(o.artifact)
+    meta = check_artifact(o.artifact)
+    truth = truth_lookup(o, plan, truth_scene(o, artifact_scene_names(meta)))
     out = Path(o.out)
     out.mkdir(parents=True, exist_ok=True)
     params_file = Path(tempfile.mkstemp(prefix=".replay-node-", suffix=".yaml", dir=out)[1])

@@ -12,6 +12,8 @@ image costs nothing when it is off (not composed, no publisher).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -22,27 +24,43 @@ from visloc_ros import conversions as conv
 from visloc_ros import debug_image, markers
 
 
-def map_markers(localizer: Localizer, frame: str) -> list:
-    """Keyframe frusta of a relpose map, or the mapped-region boxes of an APR artifact ([] otherwise)."""
+def map_markers(localizer: Localizer, frame_for: Callable[[str], str]) -> list:
+    """Keyframe frusta of a relpose map, or the mapped-region boxes of an APR artifact ([] otherwise);
+    each scene's in the frame ``frame_for(scene)`` (visloc_ros/scene_frames.py), marker id = the
+    scene's index."""
+    out = []
     kfs = getattr(localizer, "keyframes", None)
     if kfs:
         T = np.stack([kf.T_world_cam for kf in kfs])
         extent = float(np.ptp(T[:, :3, 3], axis=0).max()) if len(T) > 1 else 1.0
-        return markers.keyframe_markers(T, frame, depth_m=float(np.clip(0.03 * extent, 0.05, 0.5)))
-    scenes = getattr(localizer, "scenes", None) or []
-    boxes = [
-        (np.asarray(s.region_min, np.float64), np.asarray(s.region_max, np.float64))
-        for s in scenes
-        if getattr(s, "region_min", None) is not None and getattr(s, "region_max", None) is not None
-    ]
-    return markers.region_markers(boxes, frame) if boxes else []
+        scene_of = [kf.key.split("/", 1)[0] for kf in kfs]
+        for k, scene in enumerate(dict.fromkeys(scene_of)):
+            sel = [i for i, s in enumerate(scene_of) if s == scene]
+            out += markers.keyframe_markers(T[sel], frame_for(scene), depth_m=float(np.clip(0.03 * extent, 0.05, 0.5)))
+            for m in out[-2:]:
+                m.id = k
+        return out
+    for k, s in enumerate(getattr(localizer, "scenes", None) or []):
+        if getattr(s, "region_min", None) is not None and getattr(s, "region_max", None) is not None:
+            box = (np.asarray(s.region_min, np.float64), np.asarray(s.region_max, np.float64))
+            out += markers.region_markers([box], frame_for(s.name))
+            out[-1].id = k
+    return out
 
 
 class Visualizer:
     """Publishers of the visual outputs of one configured node; ``close()`` destroys them."""
 
-    def __init__(self, node, localizer: Localizer, map_frame: str, publish_markers: bool, publish_debug: bool):
-        self._node, self._map_frame = node, map_frame
+    def __init__(
+        self,
+        node,
+        localizer: Localizer,
+        frame_for: Callable[[str], str],
+        publish_markers: bool,
+        publish_debug: bool,
+    ):
+        """``frame_for(scene)``: the map frame of a scene's markers (visloc_ros/scene_frames.py)."""
+        self._node, self._frame_for = node, frame_for
         self._markers = self._map = self._debug = None
         self._keyframe_paths: dict[str, str] = {}
         if publish_markers:
@@ -53,7 +71,7 @@ class Visualizer:
                 history=HistoryPolicy.KEEP_LAST,
             )
             self._map = node.create_publisher(MarkerArray, "map_markers", latched)
-            self._map.publish(MarkerArray(markers=map_markers(localizer, map_frame)))
+            self._map.publish(MarkerArray(markers=map_markers(localizer, frame_for)))
             self._markers = node.create_lifecycle_publisher(MarkerArray, "markers", 10)
         if publish_debug:
             self._keyframe_paths = debug_image.keyframe_images(localizer)
@@ -76,7 +94,13 @@ class Visualizer:
             self._markers.publish(
                 MarkerArray(
                     markers=markers.estimate_markers(
-                        T_map_out, covariance_66, result.status, text, self._map_frame, stamp_ns, forward_axis
+                        T_map_out,
+                        covariance_66,
+                        result.status,
+                        text,
+                        self._frame_for(result.scene),
+                        stamp_ns,
+                        forward_axis,
                     )
                 )
             )

@@ -221,6 +221,11 @@ def print_summary(report: dict, out: Path) -> None:
         console.print(
             f"average of per-scene medians: {_fmt(avg['translation_m'])} m, {_fmt(avg['rotation_deg'], 2)} deg"
         )
+    cls = report.get("scene_classification")
+    seen = set(cls["confusion"]) | {p for row in cls["confusion"].values() for p in row} if cls else set()
+    if len(seen) > 1:  # a multi-scene model (or frames of several scenes): which scene it picked matters
+        per = ", ".join(f"{c} {v['accuracy']:.2f}" for c, v in cls.get("per_condition", {}).items())
+        console.print(f"scene accuracy {cls['accuracy']:.3f} on {cls['n_frames']} frames; per condition: {per}")
     cal = report.get("calibration")
     if cal:
         parts = []

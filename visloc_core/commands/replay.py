@@ -42,6 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data", help="take the truth from this visloc dataset instead (frames matched by stamp)")
     parser.add_argument(
+        "--scene",
+        help="the scene the bag was recorded in: the truth of the scene the node picks (needed with a multi-scene "
+        "artifact unless --data gives each frame's scene)",
+    )
+    parser.add_argument(
         "--rate", type=float, default=1.0, help="playback speed as a multiple of the bag's rate (default 1.0)"
     )
     parser.add_argument(
@@ -91,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         gt_frame=args.gt_frame,
         odom_topic=args.odom_topic or None,
         data=Path(args.data) if args.data else None,
+        scene=args.scene,
         rate=args.rate,
         wait=args.wait,
         device=args.device,

@@ -7,6 +7,9 @@ Ground truth: a PoseStamped / PoseWithCovarianceStamped / Odometry topic carryin
 ``gt_frame`` (by default /ground_truth/pose of base_link), composed with the base->camera chain of
 /tf_static (``data/bags/tf_graph.FrameGraph``), interpolated at each image stamp (at most 0.5 s
 from a sample); or the poses of a visloc dataset (``--data``) matched by image stamp.
+
+Scene of each frame (the truth of the scene a multi-scene artifact's node picks): the dataset's
+(``--data``), ``--scene`` (the scene the bag was recorded in), or the artifact's only scene.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class ReplayOptions:
     gt_frame: str = "base_link"  # frame whose pose the gt topic carries (PoseStamped has no child frame)
     odom_topic: str | None = "/odom"  # None: no map->odom
     data: Path | None = None  # dataset with the truth (instead of the gt topic)
+    scene: str | None = None  # scene the bag was recorded in (truth of the node's scene choice)
     rate: float = 1.0  # x real time (rate mode)
     wait: bool = False  # lock-step: wait for each result
     result_timeout_s: float = 30.0
@@ -171,8 +175,26 @@ def plan_bag(o: ReplayOptions) -> BagPlan:
     return BagPlan(image_topic, image_type, info_topic, odom_topic, camera_frame, T_base_cam, stamps, poses, n_images)
 
 
-def truth_lookup(o: ReplayOptions, plan: BagPlan) -> Truth:
-    """stamp_ns -> (T_world_cam, scene), from the bag's gt topic or the dataset of ``o.data``."""
+def truth_scene(o: ReplayOptions, artifact_scenes: list[str]) -> str:
+    """The scene of the bag's frames when the truth comes from the bag: ``o.scene`` or the artifact's
+    only scene ("" when the artifact names none). Checks ``o.scene`` against ``artifact_scenes``
+    (``loading.artifact_scene_names``); a multi-scene artifact needs ``o.scene`` or ``o.data``."""
+    scenes = list(artifact_scenes)
+    if o.scene is not None:
+        if scenes and o.scene not in scenes:
+            raise ReplayError(f"--scene {o.scene!r} is not a scene of {o.artifact}; its scenes: {scenes}")
+        return o.scene
+    if len(scenes) > 1 and o.data is None:
+        raise ReplayError(
+            f"{o.artifact} serves {len(scenes)} scenes {scenes}: pass --scene (the scene the bag was recorded in) "
+            "or --data DATASET, so the scene the node picks can be scored"
+        )
+    return scenes[0] if len(scenes) == 1 else ""
+
+
+def truth_lookup(o: ReplayOptions, plan: BagPlan, bag_scene: str = "") -> Truth:
+    """stamp_ns -> (T_world_cam, scene), from the bag's gt topic (every frame in scene ``bag_scene``,
+    see :func:`truth_scene`) or the dataset of ``o.data`` (the frame's own scene)."""
     if o.data is not None:
         from ..data.layout import Dataset
 
@@ -188,6 +210,6 @@ def truth_lookup(o: ReplayOptions, plan: BagPlan) -> Truth:
         T, valid = interpolate_poses(
             plan.gt_stamps_ns, plan.T_map_base_gt, np.array([stamp], dtype=np.int64), max_gap_ns=GT_MAX_GAP_NS
         )
-        return (T[0] @ plan.T_base_cam, "") if valid[0] else (None, "")
+        return (T[0] @ plan.T_base_cam, bag_scene) if valid[0] else (None, "")
 
     return from_bag

@@ -94,7 +94,9 @@ def score_replay(
             if stamp in pose_arrivals:
                 score.e2e_pose_ms.append(1000.0 * (pose_arrivals[stamp] - t_pub))
             method, conf = res.method, float(res.confidence)
-            scene = scene or res.scene
+            if res.scene:
+                extras["predicted_scene"] = res.scene
+            scene = scene or res.scene  # an artifact that names no scene: the node's word is all there is
             extras["status_reason"] = res.status_reason
             extras["stage_seconds"] = dict(res.stage_seconds)
             T_map_out = res.T_world_cam if status != "NOT_LOCALIZED" else _nan44()

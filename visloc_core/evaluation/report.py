@@ -21,8 +21,10 @@ disk always belongs to complete companion files):
     = fraction NOT_LOCALIZED or REJECTED), present when such frames were evaluated; ``average_of_scene_medians`` (the
     7-Scenes/Cambridge table convention: mean over scenes of each scene's median); ``rejected``
     (how far off the rejected estimates were, from ``extras["T_world_cam_rejected"]``, to judge the
-    rejection gate); ``scene_classification`` (accuracy of ``extras["predicted_scene"]`` when the localizer
-    reports one); ``calibration`` (NEES of the covariance, evaluation/calibration.py) when frames
+    rejection gate); ``scene_classification`` (when the localizer reports a scene in
+    ``extras["predicted_scene"]``: ``accuracy`` over the frames whose true scene is known, with
+    ``per_condition`` and ``per_scene`` {n_frames, accuracy} and ``confusion`` {true: {predicted: n}});
+    ``calibration`` (NEES of the covariance, evaluation/calibration.py) when frames
     carry covariances; ``partial`` (true when the run was interrupted); ``meta`` (what was run).
     JSON has no infinity: an infinite or undefined statistic is written as ``null``.
 
@@ -187,6 +189,32 @@ def _rejected_stats(outcomes: Sequence[FrameOutcome]) -> dict:
     return out
 
 
+def scene_classification(outcomes: Sequence[FrameOutcome]) -> dict | None:
+    """Multi-scene models and retrieval pick a scene first: how often the right one, overall, per
+    condition and per true scene, over the frames with a predicted and a known true scene (None if none)."""
+    pairs = [
+        (o.extras.get("predicted_scene"), o.scene, o.condition)
+        for o in outcomes
+        if o.extras.get("predicted_scene") and o.scene
+    ]
+    if not pairs:
+        return None
+
+    def acc(sel: list[tuple]) -> dict:
+        return {"n_frames": len(sel), "accuracy": float(np.mean([p == s for p, s, _ in sel]))}
+
+    confusion: dict[str, dict[str, int]] = {}
+    for p, s, _ in pairs:
+        confusion.setdefault(s, {})
+        confusion[s][p] = confusion[s].get(p, 0) + 1
+    return {
+        **acc(pairs),
+        "per_condition": {c: acc([x for x in pairs if x[2] == c]) for c in sorted({x[2] for x in pairs})},
+        "per_scene": {sc: acc([x for x in pairs if x[1] == sc]) for sc in sorted({x[1] for x in pairs})},
+        "confusion": confusion,
+    }
+
+
 def summarize(outcomes: Sequence[FrameOutcome], meta: dict | None = None, partial: bool = False) -> dict:
     """The report.json content (a dict with float('inf') and nan still in it; see write_report)."""
     t_err, r_err = frame_errors(outcomes)
@@ -227,13 +255,9 @@ def summarize(outcomes: Sequence[FrameOutcome], meta: dict | None = None, partia
         "n_scenes": len(scenes),
     }
     report["rejected"] = _rejected_stats(outcomes)
-    predicted = [(o.extras.get("predicted_scene"), o.scene) for o in outcomes if o.extras.get("predicted_scene")]
-    if predicted:
-        # Multi-scene models and retrieval pick a scene first: how often the right one.
-        report["scene_classification"] = {
-            "n_frames": len(predicted),
-            "accuracy": float(np.mean([p == s for p, s in predicted])),
-        }
+    scene_cls = scene_classification(outcomes)
+    if scene_cls is not None:
+        report["scene_classification"] = scene_cls
     cal = covariance_calibration(outcomes)
     if cal is not None:
         report["calibration"] = cal

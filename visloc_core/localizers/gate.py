@@ -14,6 +14,10 @@ Two checks, in this order:
    newest is accepted and becomes the reference: a wrong fix that slipped through is then
    replaced after a few frames instead of blocking correct ones for the whole window.
 
+A result in another scene than the reference (``LocalizationResult.scene``, multi-scene artifacts:
+each scene has its own world frame) is a jump of unknown size: rejected until ``confirm_frames``
+consecutive results agree on the new scene and pose, exactly like a jump.
+
 Poses are 4x4 ``T_world_cam`` (geometry conventions), stamps integer nanoseconds.
 """
 
@@ -43,7 +47,8 @@ class SanityGate:
         self.config = config or GateConfig()
         self._last_stamp_ns: int | None = None
         self._last_T_world_cam: np.ndarray | None = None
-        self._jumps: list[np.ndarray] = []  # consecutive jump-rejected poses that agree with each other
+        self._last_scene = ""
+        self._jumps: list[tuple[str, np.ndarray]] = []  # consecutive jump-rejected (scene, pose) that agree
 
     def _within_bounds(self, T_a: np.ndarray, T_b: np.ndarray) -> tuple[bool, float, float]:
         cfg = self.config
@@ -64,6 +69,7 @@ class SanityGate:
         """Forget the last accepted pose (forced global relocalization)."""
         self._last_stamp_ns = None
         self._last_T_world_cam = None
+        self._last_scene = ""
         self._jumps = []
 
     def check(self, result: LocalizationResult, stamp_ns: int) -> LocalizationResult:
@@ -79,21 +85,29 @@ class SanityGate:
             ref_stamp, ref_T = ref
             dt_s = abs(int(stamp_ns) - ref_stamp) * 1e-9
             if dt_s <= cfg.window_s:
-                ok, jump_m, jump_deg = self._within_bounds(T, ref_T)
+                scene = str(result.scene or "")
+                same_scene = scene == self._last_scene
+                ok, jump_m, jump_deg = self._within_bounds(T, ref_T) if same_scene else (False, np.inf, np.inf)
                 if not ok:
                     # a run of jumps that agree with each other is a new place, not an outlier
-                    if self._jumps and not self._within_bounds(T, self._jumps[-1])[0]:
+                    if self._jumps and (
+                        self._jumps[-1][0] != scene or not self._within_bounds(T, self._jumps[-1][1])[0]
+                    ):
                         self._jumps = []
-                    self._jumps.append(T.copy())
+                    self._jumps.append((scene, T.copy()))
                     if cfg.confirm_frames <= 0 or len(self._jumps) < cfg.confirm_frames:
-                        reason = (
-                            f"jump of {jump_m:.2f} m / {jump_deg:.1f} deg from the pose accepted {dt_s:.2f} s earlier "
-                            f"exceeds the bound {cfg.max_jump_m:g} m / {cfg.max_jump_deg:g} deg "
-                            "(call the relocalize service to accept a new place)"
-                        )
+                        if same_scene:
+                            what = f"jump of {jump_m:.2f} m / {jump_deg:.1f} deg from the pose accepted {dt_s:.2f} s earlier "
+                            what += f"exceeds the bound {cfg.max_jump_m:g} m / {cfg.max_jump_deg:g} deg"
+                        else:
+                            what = (
+                                f"scene {scene!r} differs from scene {self._last_scene!r} accepted {dt_s:.2f} s earlier"
+                            )
+                        reason = f"{what} (call the relocalize service to accept a new place)"
                         extras = dict(result.extras, jump_m=jump_m, jump_deg=jump_deg)
                         return dataclasses.replace(result, status=Status.REJECTED, status_reason=reason, extras=extras)
         self._jumps = []
         self._last_stamp_ns = int(stamp_ns)
         self._last_T_world_cam = T.copy()
+        self._last_scene = str(result.scene or "")
         return result

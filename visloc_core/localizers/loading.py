@@ -65,6 +65,12 @@ def check_artifact(artifact_dir: str | Path) -> dict:
     return meta
 
 
+def artifact_scene_names(meta: dict) -> list[str]:
+    """Names of the scenes an artifact serves (``meta["scenes"]``: APR artifacts list dicts with a
+    ``name``, relocalization maps plain names), in the artifact's order; [] when it names none."""
+    return [str(s["name"]) if isinstance(s, dict) else str(s) for s in meta.get("scenes") or []]
+
+
 def check_device(device: str) -> None:
     """Raise ValueError naming ``device`` if torch does not parse it (torch's own error comes later,
     from deep inside weight loading)."""

@@ -8,6 +8,9 @@ APR_MODELS: factories ``(cfg: dict, scenes: list[SceneSpec]) -> nn.Module`` whos
 - ``scene_logits_BS`` (multi-scene models only): scene classification logits.
 
 ``image_B3HW`` is float in [0, 1], RGB; models apply their backbone's own normalisation.
+Multi-scene models also split their forward into ``image_features(image_B3HW) -> dict`` (the image
+encoder) and ``forward_features(feats, scene_id_B=None) -> dict`` (the rest), so that the part after
+a frozen encoder can train on cached features (training/cached_features.py).
 Modules that define models register them on import; ``MODEL_MODULES`` lists them so that
 ``build_apr_model`` finds every model without importing all of them eagerly.
 """

@@ -57,11 +57,13 @@ def work_dir_for(out: Path) -> Path:
 def predict_world(module: APRModule, loader) -> dict[str, np.ndarray]:
     """Run ``module`` over a loader; returns world-frame predictions and ground truth (numpy)."""
     module.eval()
-    pos_est, quat_est, pos_gt, quat_gt, scene_est = [], [], [], [], []
+    pos_est, quat_est, pos_gt, quat_gt, scene_est, scene_gt = [], [], [], [], [], []
+    classifies = False
     for batch in loader:
         img = batch["image"].to(module.device)
         sid = batch["scene_id"].to(module.device)
         out = module.model(img, sid)
+        classifies = classifies or "scene_logits_BS" in out
         s = module.predicted_scene(out, {"scene_id": sid})
         pos_est.append(module.denormalise_position(out["position_B3"], s).double().cpu().numpy())
         q = out["quat_B4"].double()
@@ -69,12 +71,15 @@ def predict_world(module: APRModule, loader) -> dict[str, np.ndarray]:
         pos_gt.append(batch["position"].double().numpy())
         quat_gt.append(batch["quat_wxyz"].double().numpy())
         scene_est.append(s.cpu().numpy())
+        scene_gt.append(sid.cpu().numpy())
     return {
         "position_est": np.concatenate(pos_est),
         "quat_est": np.concatenate(quat_est),
         "position_gt": np.concatenate(pos_gt),
         "quat_gt": np.concatenate(quat_gt),
         "scene_est": np.concatenate(scene_est),
+        "scene_gt": np.concatenate(scene_gt),
+        "classifies_scene": classifies,
     }
 
 
@@ -341,6 +346,10 @@ def _train_locked(
         "n_val_frames": len(dm.val_set),
         "wall_seconds_this_run": time.time() - t0,
         "loss_weights": {n: float(p.detach()) for n, p in module.loss.named_parameters()},
+        # multi-scene models: fraction of validation frames whose scene the model picks right
+        "val_scene_accuracy": float(np.mean(pred["scene_est"] == pred["scene_gt"]))
+        if pred["classifies_scene"]
+        else None,
         "work_dir": str(work.resolve()),
     }
     if distributed is not None:

@@ -19,6 +19,10 @@ frozen ones get no gradient, so Adam leaves them untouched.
 Positions: the model predicts per-scene normalised positions; ground truth is normalised with the
 statistics of the frame's own scene. Validation errors are in metres/degrees after undoing the
 normalisation with the predicted scene (multi-scene models) or the true one, as the localizer does.
+
+Scene classification (models that output ``scene_logits_BS``): ``train/scene_acc`` (arg max of the
+logits, training mode, per epoch) and ``val/scene_acc`` (the scene the localizer would pick on the
+validation frames) are logged every epoch.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class APRModule(pl.LightningModule):
         self._bad_epochs = 0
         self._val_t: list[torch.Tensor] = []
         self._val_r: list[torch.Tensor] = []
+        self._val_scene_ok: list[torch.Tensor] = []
 
     # ------------------------------------------------------------------ parameters and stages
     def named_trainables(self) -> dict[str, nn.Parameter]:
@@ -194,6 +199,10 @@ class APRModule(pl.LightningModule):
         self.log("train/pose_loss", pose_loss.detach(), on_step=False, on_epoch=True, batch_size=bs)
         for k, v in terms.items():
             self.log(f"train/{k}", v, on_step=False, on_epoch=True, batch_size=bs)
+        logits = out.get("scene_logits_BS")
+        if logits is not None:
+            acc = (logits.detach().argmax(dim=1) == batch["scene_id"]).float().mean()
+            self.log("train/scene_acc", acc, on_step=False, on_epoch=True, batch_size=bs)
         return total
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -202,20 +211,27 @@ class APRModule(pl.LightningModule):
         pos = self.denormalise_position(out["position_B3"], sid)
         self._val_t.append((pos - batch["position"]).norm(dim=1).detach())
         self._val_r.append(quat_angle_deg(out["quat_B4"], batch["quat_wxyz"]).detach())
+        if "scene_logits_BS" in out:
+            self._val_scene_ok.append((sid == batch["scene_id"]).float().detach())
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_t:
             return
         t, r = torch.cat(self._val_t), torch.cat(self._val_r)
+        ok = torch.cat(self._val_scene_ok) if self._val_scene_ok else None
         self._val_t.clear()
         self._val_r.clear()
+        self._val_scene_ok.clear()
         if self.trainer.world_size > 1:  # medians over all processes' frames
             t, r = self.all_gather(t).flatten(), self.all_gather(r).flatten()
+            ok = self.all_gather(ok).flatten() if ok is not None else None
         med_t, med_r = float(t.median()), float(r.median())
         score = med_t + med_r * float(self.cfg["train"]["monitor_m_per_deg"])
         self.log("val/median_translation_m", med_t, prog_bar=True)
         self.log("val/median_rotation_deg", med_r, prog_bar=True)
         self.log("val/score", score)
+        if ok is not None:
+            self.log("val/scene_acc", float(ok.mean()), prog_bar=True)
         if self.trainer.sanity_checking:
             return
         if score < self._best_score - 1e-9:

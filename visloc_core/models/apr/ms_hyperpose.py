@@ -15,10 +15,11 @@ Main network:
   training, as in MS-Transformer; the most probable one at inference) feed the heads;
 - regression heads: two-layer MLPs (input layer 1024 wide, GELU) -> 3 and 4.
 
-Hypernetwork (Fig. 2g-i, eq. 2): per branch, the global average of the branch's encoded
-activation map passes an FC layer and is added to the selected latent; for each of the three
-layers of a generated regression head an FC + Swish then a linear map outputs that layer's
-weights (position: 256 -> ``hyper_dim_t`` -> ``hyper_dim_t * hyper_t_hidden_scale`` -> 3,
+Hypernetwork (Fig. 2g-i, eq. 2): per branch, the backbone's global image descriptor (the
+average of its last feature map, 1280-d for EfficientNet, as the authors' release feeds it:
+``extract_features(img).mean(-2, -1)``) passes an FC layer (1280 -> 256) and is added to the
+selected latent; for each of the three layers of a generated regression head an FC + Swish then a
+linear map outputs that layer's weights (position: 256 -> ``hyper_dim_t`` -> ``hyper_dim_t * hyper_t_hidden_scale`` -> 3,
 paper 256, 128, 3; orientation: 256 -> ``hyper_dim_rot`` -> ``hyper_dim_rot`` -> 4, paper 512,
 512, 4; Swish after the input and hidden layers). Pose = main head + generated head.
 
@@ -29,7 +30,8 @@ training, then each head fine-tuned with its own loss (config/models/ms_hyperpos
 
 Substitutions (config and docs/models.md): EfficientNet-Lite0 for EfficientNet-B0 (no B0 weights
 offline); our CPU config shrinks the generated heads (the paper's sizes give ~90 M generator
-parameters, most of the 571 MB the paper reports).
+parameters, most of the 571 MB the paper reports). The paper's Swish in the Transformer MLPs is
+kept (the release's DETR code defaults to GELU there).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ DEFAULT_CONF: dict = {
     "hyper_t_hidden_scale": 0.5,  # paper: 256 -> 128
     "hyper_dim_rot": 512,  # generated orientation head: d -> hyper_dim_rot -> hyper_dim_rot -> 4 (paper 512)
     "pos_max_hw": 64,  # size of the learned position tables (max feature map side)
+    "hyper_input_reduction": 32,  # backbone map whose global average feeds the hypernetwork (release: 1280-d)
     "use_hypernet": True,  # false = plain MS-Transformer (ablation)
 }
 
@@ -88,8 +91,8 @@ class _Branch(nn.Module):
         )
         self.dec_norm = nn.LayerNorm(d)
 
-    def forward(self, fmap_BCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (latents_BSD one per scene, encoded activation map pooled to B x D)."""
+    def forward(self, fmap_BCHW: torch.Tensor) -> torch.Tensor:
+        """Returns the latents (B, S, D), one per scene."""
         m = self.proj(fmap_BCHW)
         b, _, h, w = m.shape
         pos = self.pos(h, w)
@@ -102,26 +105,26 @@ class _Branch(nn.Module):
         t = self.queries.weight.unsqueeze(0).expand(b, -1, -1)
         for layer in self.decoder:
             t = layer(t, self.queries.weight, x, pos)
-        return self.dec_norm(t), x.mean(dim=1)
+        return self.dec_norm(t)
 
 
 class _HyperHead(nn.Module):
-    """Generated 3-layer regression head: FC(pooled map) + latent -> per-layer generators."""
+    """Generated 3-layer regression head: FC(backbone image descriptor) + latent -> per-layer generators."""
 
-    def __init__(self, d: int, dims: tuple[int, int], d_out: int) -> None:
+    def __init__(self, d: int, c_image: int, dims: tuple[int, int], d_out: int) -> None:
         super().__init__()
-        self.map_fc = nn.Linear(d, d)
+        self.map_fc = nn.Linear(c_image, d)  # the release's hyper_in_{t,rot}_proj (1280 -> 256)
         sizes = [d, dims[0], dims[1], d_out]
         self.gens = nn.ModuleList([HyperLayerGenerator(d, d, sizes[k], sizes[k + 1]) for k in range(3)])
         with torch.no_grad():  # the sum with the main head starts near the main head's output
             self.gens[-1].out.bias.mul_(1e-2)
 
-    def weights(self, latent_BD: torch.Tensor, pooled_BD: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        z = latent_BD + self.map_fc(pooled_BD)
+    def weights(self, latent_BD: torch.Tensor, image_BC: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        z = latent_BD + self.map_fc(image_BC)
         return [g(z) for g in self.gens]
 
-    def forward(self, latent_BD: torch.Tensor, pooled_BD: torch.Tensor) -> torch.Tensor:
-        return hyper_mlp(latent_BD, self.weights(latent_BD, pooled_BD))
+    def forward(self, latent_BD: torch.Tensor, image_BC: torch.Tensor) -> torch.Tensor:
+        return hyper_mlp(latent_BD, self.weights(latent_BD, image_BC))
 
 
 class MSHyperPose(nn.Module):
@@ -134,10 +137,14 @@ class MSHyperPose(nn.Module):
         if not self.scenes:
             raise ValueError("ms_hyperpose is a multi-scene model: it needs the list of scenes it is trained on")
         self.r_t, self.r_rot = int(self.conf["reduction_t"]), int(self.conf["reduction_rot"])
+        self.use_hypernet = bool(self.conf["use_hypernet"])
+        self.r_hyper = int(self.conf["hyper_input_reduction"])
         backbone = build_backbone(self.conf["backbone"], pretrained=bool(self.conf["pretrained"]))
-        # Only the two endpoints are used: the layers after the deeper one are dropped.
-        self.backbone = truncate_backbone(backbone, max(self.r_t, self.r_rot))
-        for r in (self.r_t, self.r_rot):
+        # Only the endpoints used are computed: the layers after the deepest one are dropped
+        # (with the hypernetwork, whose input is the last map, the whole backbone stays).
+        deepest = max(self.r_t, self.r_rot, self.r_hyper if self.use_hypernet else 0)
+        self.backbone = truncate_backbone(backbone, deepest)
+        for r in (self.r_t, self.r_rot) + ((self.r_hyper,) if self.use_hypernet else ()):
             if r not in self.backbone.channels:
                 raise ValueError(
                     f"ms_hyperpose: reduction {r} not in backbone outputs {sorted(self.backbone.channels)}"
@@ -145,32 +152,46 @@ class MSHyperPose(nn.Module):
         n, d = len(self.scenes), int(self.conf["d_model"])
         self.branch_t = _Branch(self.backbone.channels[self.r_t], n, self.conf)
         self.branch_rot = _Branch(self.backbone.channels[self.r_rot], n, self.conf)
-        self.scene_fc = nn.Linear(2 * d, 1)
+        # No bias: one bias shared by every scene's logit cancels in the softmax (it would get no gradient).
+        self.scene_fc = nn.Linear(2 * d, 1, bias=False)
         hd = int(self.conf["head_dim"])
         self.head_t = nn.Sequential(nn.Linear(d, hd), nn.GELU(), nn.Linear(hd, 3))
         self.head_rot = nn.Sequential(nn.Linear(d, hd), nn.GELU(), nn.Linear(hd, 4))
         init_pose_output(self.head_t[-1], self.head_rot[-1])
-        self.use_hypernet = bool(self.conf["use_hypernet"])
         if self.use_hypernet:
             ht = int(self.conf["hyper_dim_t"])
             hr = int(self.conf["hyper_dim_rot"])
-            self.hyper_t = _HyperHead(d, (ht, round(ht * float(self.conf["hyper_t_hidden_scale"]))), 3)
-            self.hyper_rot = _HyperHead(d, (hr, hr), 4)
+            c_img = self.backbone.channels[self.r_hyper]
+            self.hyper_t = _HyperHead(d, c_img, (ht, round(ht * float(self.conf["hyper_t_hidden_scale"]))), 3)
+            self.hyper_rot = _HyperHead(d, c_img, (hr, hr), 4)
 
-    def forward(self, image_B3HW: torch.Tensor, scene_id_B: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def image_features(self, image_B3HW: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The backbone's outputs the rest of the model uses (cacheable; see :meth:`forward_features`):
+        the two branch endpoints and the global image descriptor of the hypernetwork."""
         feats = self.backbone(image_B3HW)
-        lat_t, pooled_t = self.branch_t(feats[self.r_t])
-        lat_rot, pooled_rot = self.branch_rot(feats[self.r_rot])
+        out = {"map_t_BCHW": feats[self.r_t], "map_rot_BCHW": feats[self.r_rot]}
+        if self.use_hypernet:
+            out["image_BC"] = feats[self.r_hyper].mean(dim=(2, 3))
+        return out
+
+    def forward_features(
+        self, feats: dict[str, torch.Tensor], scene_id_B: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        lat_t = self.branch_t(feats["map_t_BCHW"])
+        lat_rot = self.branch_rot(feats["map_rot_BCHW"])
         logits_BS = self.scene_fc(torch.cat([lat_t, lat_rot], dim=-1)).squeeze(-1)
         # Teacher forcing while training (ground-truth scene), the classifier's choice otherwise.
         sel_B = scene_id_B if (scene_id_B is not None and self.training) else logits_BS.argmax(dim=1)
-        ar = torch.arange(image_B3HW.shape[0], device=image_B3HW.device)
+        ar = torch.arange(lat_t.shape[0], device=lat_t.device)
         g_t, g_rot = lat_t[ar, sel_B], lat_rot[ar, sel_B]
         pos, quat = self.head_t(g_t), self.head_rot(g_rot)
         if self.use_hypernet:
-            pos = pos + self.hyper_t(g_t, pooled_t)
-            quat = quat + self.hyper_rot(g_rot, pooled_rot)
+            pos = pos + self.hyper_t(g_t, feats["image_BC"])
+            quat = quat + self.hyper_rot(g_rot, feats["image_BC"])
         return {"position_B3": pos, "quat_B4": quat, "scene_logits_BS": logits_BS}
+
+    def forward(self, image_B3HW: torch.Tensor, scene_id_B: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return self.forward_features(self.image_features(image_B3HW), scene_id_B)
 
     def extra_losses(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
         """Scene classification NLL (MS-Transformer / MS-HyperPose), added to the pose loss."""

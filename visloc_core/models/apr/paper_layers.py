@@ -35,6 +35,16 @@ def sinusoidal_pe_2d(d: int, h: int, w: int, device=None, dtype=torch.float32) -
     return torch.cat([rows, cols], dim=0).to(dtype)
 
 
+def sinusoidal_pe_1d(d: int, n: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """1-D sinusoidal position code, (n, d): channel 2i = sin(p / 10000^(2i/d)), 2i + 1 = cos(.)
+    (Vaswani et al.), for token sequences such as the words of a description. ``d`` must be even."""
+    if d % 2:
+        raise ValueError(f"sinusoidal_pe_1d: channel count {d} must be even")
+    i = torch.arange(d // 2, device=device, dtype=torch.float64)
+    p = torch.arange(n, device=device, dtype=torch.float64)[:, None] / (10000.0 ** (2 * i / d))[None]
+    return torch.stack([p.sin(), p.cos()], dim=-1).reshape(n, d).to(dtype)
+
+
 class LearnedPosEmbedding2d(nn.Module):
     """Learned 2-D position embedding (row and column tables, concatenated), as in MS-Transformer / DETR."""
 
