@@ -222,7 +222,9 @@ def table(summaries: list[dict], bench: dict | None, scenes: list[str], epochs: 
         lines[-1] += " | ".join(cells) + f" | {'-' if acc is None else f'{acc:.2f}'} | {extra[model]['sec'] / 60:.0f} |"
     multi = [s for s in summaries if s.get("scene_accuracy_per_condition")]
     if multi:
-        conds = sorted({c for s in multi for c in s["scene_accuracy_per_condition"]}, key=lambda c: (c not in NORMAL, c))
+        conds = sorted(
+            {c for s in multi for c in s["scene_accuracy_per_condition"]}, key=lambda c: (c not in NORMAL, c)
+        )
         lines += ["", "Scene accuracy of the multi-scene models per condition (all scenes' queries):", ""]
         lines += ["| model | " + " | ".join(conds) + " | all |", "|" + "---|" * (len(conds) + 2)]
         for s in multi:

@@ -126,37 +126,38 @@ def main(argv: list[str] | None = None) -> int:
 
     conds = np.array(test_cond)
     curve = []
-    done, t_train = 0, 0.0
-    while done < args.steps:
-        n = min(args.eval_every, args.steps - done)
-        t1 = time.process_time()
-        hist = train_on_features(
-            model,
-            loss_fn,
-            f_train,
-            train,
-            steps=n,
-            batch_size=int(d["batch_size"]),
-            lr=float(cfg["train"]["lr"]),
-            weight_decay=float(cfg["train"]["weight_decay"]),
-            optimizer=cfg["train"]["optimizer"],
-            seed=args.seed + done,
-        )
-        t_train += time.process_time() - t1
-        done += n
+
+    def evaluate(step: int, hist: list[dict]) -> None:
         ok_test = (predict_scenes(model, f_test) == test["scene_id"]).numpy()
         ok_train = (predict_scenes(model, f_train) == train["scene_id"]).numpy()
         point = {
-            "step": done,
+            "step": step,
             "train_acc": float(ok_train.mean()),
             "test_acc": float(ok_test.mean()),
             "test_acc_per_condition": {c: float(ok_test[conds == c].mean()) for c in sorted(set(test_cond))},
-            "last_losses": hist[-1],
+            "mean_losses_since_last": {k: float(np.mean([h[k] for h in hist[-args.eval_every :]])) for k in hist[-1]},
         }
         curve.append(point)
         print(json.dumps(point), flush=True)
+
+    t1 = time.process_time()
+    train_on_features(
+        model,
+        loss_fn,
+        f_train,
+        train,
+        steps=args.steps,
+        batch_size=int(d["batch_size"]),
+        lr=float(cfg["train"]["lr"]),
+        weight_decay=float(cfg["train"]["weight_decay"]),
+        optimizer=cfg["train"]["optimizer"],
+        seed=args.seed,
+        every=args.eval_every,
+        callback=evaluate,
+    )
+    t_train = time.process_time() - t1  # includes the evaluations
     result["curve"] = curve
-    result["cpu_seconds_training"] = t_train
+    result["cpu_seconds_training_and_evaluation"] = t_train
     model.eval()
     with torch.no_grad():
         result["final_logit_spread_test"] = logit_spread(model.forward_features(f_test)["scene_logits_BS"])

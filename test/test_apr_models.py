@@ -219,6 +219,20 @@ def test_mvl_loc_caches_text_embeddings_in_the_state_dict() -> None:
     torch.testing.assert_close(a["position_B3"], b["position_B3"])
 
 
+def test_ms_hyperpose_hypernetwork_reads_the_backbone_image_descriptor() -> None:
+    """As the authors' release: the hypernetwork's image input is the average of the backbone's last
+    (1280-d) feature map, projected to the latent width, not a branch's own tokens."""
+    model = small_model("ms_hyperpose").eval()
+    x = torch.rand(2, 3, 48, 64)
+    seen = {}
+    model.hyper_t.map_fc.register_forward_hook(lambda m, args, out: seen.setdefault("in", args[0]))
+    with torch.no_grad():
+        model(x)
+        expect = model.backbone(x)[32].mean(dim=(2, 3))
+    assert model.hyper_t.map_fc.in_features == model.hyper_rot.map_fc.in_features == 1280
+    torch.testing.assert_close(seen["in"], expect)
+
+
 def test_mvl_loc_fusion_attends_each_image_to_its_scene_words() -> None:
     """Eq. (3)-(4): the per-scene grouped attention equals attending image by image to the unpadded words."""
     from visloc_core.models.apr.mvl_loc import FusionLayer

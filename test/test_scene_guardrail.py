@@ -4,11 +4,12 @@ two synthetic scenes apart.
 Two presets (indoor_room, plaza) are rendered small: the two mapping loops of each (training frames)
 and the normal-light query loop (other paths, other heights: the held-out frames). The model's
 pretrained image encoder stays frozen; its features are computed once and the rest of the model
-trains for a few hundred steps with the config's loss (pose + scene NLL), optimiser, learning rate
-and batch size (visloc_core/training/cached_features.py). Reference: the scene each frame was
-rendered in. Bound: scene accuracy > 0.9 on the held-out frames (the issue's bound). MVL-Loc as first
-built (one linear score per language-query latent) stayed at 0.50 on this setup; the similarity
-classifier reaches 1.00, with a margin far beyond any thread-count or CPU difference.
+trains for 60 steps with the config's loss (pose + scene NLL), optimiser, learning rate and batch size
+(visloc_core/training/cached_features.py). Reference: the scene each frame was rendered in. Bound:
+scene accuracy > 0.9 on the held-out frames (the issue's bound), and the scene NLL below a quarter of
+log 2 (chance). Measured on this setup (1 thread): both models reach accuracy 1.00 from step 20-30 and
+NLL 0.02-0.04 at step 60; MVL-Loc as first built (one linear score per language-query latent) stays
+at 0.50 with NLL 0.69 for 300 steps.
 """
 
 from __future__ import annotations
@@ -30,10 +31,13 @@ from visloc_core.training.losses import build_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENES = ("indoor_room", "plaza")
-SIZE = (160, 120)  # the size every model config trains at
+SIZE = (64, 48)  # small for speed (the configs train at 160x120)
 FRAMES_PER_SEQUENCE = 24
-STEPS = 200
+STEPS = 60
 BOUND = 0.9
+# The generated regression heads take no part in the scene classification; at the config's sizes
+# they would double the time of the MS-HyperPose case.
+SMALLER = {"ms_hyperpose": {"hyper_dim_t": 16, "hyper_dim_rot": 32}}
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +69,8 @@ def test_two_synthetic_scenes_separate_on_cached_features(name: str, two_scenes:
     ds = Dataset(two_scenes)
     specs = [SceneSpec(s, str(ds.scene_info(s)["description"])) for s in SCENES]
     torch.manual_seed(0)
-    model = build_apr_model(name, {k: v for k, v in cfg["model"].items() if k != "name"}, specs)
+    model_cfg = {k: v for k, v in cfg["model"].items() if k != "name"}
+    model = build_apr_model(name, {**model_cfg, **SMALLER.get(name, {})}, specs)
     train, test = _frames(ds, "train"), _frames(ds, "test")
     assert set(test["scene_id"].tolist()) == {0, 1} and len(test["scene_id"]) == 2 * FRAMES_PER_SEQUENCE
     stats = [scene_stats(s, "", [f for f in ds.frames("train") if f.scene == s], 1.0, 0.1) for s in SCENES]

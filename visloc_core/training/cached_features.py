@@ -17,6 +17,7 @@ and scene indices. The loss is the model's pose loss (training/losses.py) plus i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -77,10 +78,13 @@ def train_on_features(
     weight_decay: float = 0.0,
     optimizer: str = "adam",
     seed: int = 0,
+    every: int = 0,
+    callback: Callable[[int, list[dict[str, float]]], None] | None = None,
 ) -> list[dict[str, float]]:
     """``steps`` optimiser steps on random mini-batches (reshuffled every pass, seeded); the loss
     weights (alpha/beta, s_x/s_q) train with the model at the same LR and no weight decay, as in the
-    APR trainer. Returns the per-step loss terms."""
+    APR trainer. ``callback(step, history)`` runs every ``every`` steps (e.g. an evaluation; the model
+    is put back in training mode after it). Returns the per-step loss terms."""
     _check_model(model)
     n = next(iter(feats.values())).shape[0]
     gen = torch.Generator().manual_seed(int(seed))
@@ -108,6 +112,9 @@ def train_on_features(
         loss.backward()
         opt.step()
         history.append({k: float(v) for k, v in terms.items()})
+        if callback is not None and every > 0 and len(history) % every == 0:
+            callback(len(history), history)
+            model.train()
     return history
 
 

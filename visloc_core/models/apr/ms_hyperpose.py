@@ -19,9 +19,10 @@ Hypernetwork (Fig. 2g-i, eq. 2): per branch, the backbone's global image descrip
 average of its last feature map, 1280-d for EfficientNet, as the authors' release feeds it:
 ``extract_features(img).mean(-2, -1)``) passes an FC layer (1280 -> 256) and is added to the
 selected latent; for each of the three layers of a generated regression head an FC + Swish then a
-linear map outputs that layer's weights (position: 256 -> ``hyper_dim_t`` -> ``hyper_dim_t * hyper_t_hidden_scale`` -> 3,
-paper 256, 128, 3; orientation: 256 -> ``hyper_dim_rot`` -> ``hyper_dim_rot`` -> 4, paper 512,
-512, 4; Swish after the input and hidden layers). Pose = main head + generated head.
+linear map outputs that layer's weights (position: 256 -> ``hyper_dim_t`` ->
+``hyper_dim_t * hyper_t_hidden_scale`` -> 3, paper 256, 128, 3; orientation: 256 ->
+``hyper_dim_rot`` -> ``hyper_dim_rot`` -> 4, paper 512, 512, 4; Swish after the input and hidden
+layers). Pose = main head + generated head.
 
 Loss: Kendall's learned weighting (eq. 5, trainer loss ``kendall``) + NLL of the scene
 classification (the trainer adds ``extra_losses``: ``scene_nll``). Training follows sec. 3.2: joint
