@@ -7,7 +7,9 @@ Usage (from the repo root, in .venv):
 
 The model of CONFIG is built with its pretrained image encoder, which stays frozen: its features of
 every training frame (the ``train`` split) and query frame (``test`` split) are computed once, at the
-config's input size with the validation preprocessing (centre crop, no augmentation), and the rest
+config's input size with the validation preprocessing (centre crop, no augmentation; with
+``--augment-copies N``, the training frames are instead taken N times through the config's training
+augmentation, ``data.augment``: random crop, zoom and colour jitter, a different draw each), and the rest
 of the model trains for ``--steps`` steps with the config's pose loss + scene NLL, optimiser,
 learning rate, weight decay and batch size (training/cached_features.py). Reported (printed, and
 written atomically as JSON with ``--out``):
@@ -56,15 +58,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=300, help="optimiser steps (default 300)")
     p.add_argument("--eval-every", type=int, default=100, help="evaluate the scene accuracy every N steps")
     p.add_argument("--grad-batch", type=int, default=64, help="frames of the gradient-norm batch")
+    p.add_argument(
+        "--augment-copies",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train on N augmented copies of every training frame (the config's data.augment; 0 = none)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--out", default=None, help="JSON file for the results")
     return p.parse_args(argv)
 
 
-def load_frames(ds: Dataset, split: str, transform: ImageTransform, scenes: list[str]) -> tuple[dict, list]:
+def load_frames(
+    ds: Dataset, split: str, transform: ImageTransform, scenes: list[str], copies: int = 1
+) -> tuple[dict, list]:
     data = PoseDataset(ds, split, transform, scenes)
-    items = [data[i] for i in range(len(data))]
+    items = []
+    for epoch in range(copies):  # a different augmentation draw per copy (PoseDataset seeds by epoch)
+        data.set_epoch(epoch)
+        items += [data[i] for i in range(len(data))]
     conds = {s.key: s.condition for s in ds.sequences(split)}
     batch = {
         "image": torch.stack([it["image"] for it in items]),
@@ -72,7 +86,7 @@ def load_frames(ds: Dataset, split: str, transform: ImageTransform, scenes: list
         "quat_wxyz": torch.stack([it["quat_wxyz"] for it in items]),
         "scene_id": torch.stack([it["scene_id"] for it in items]),
     }
-    return batch, [conds[f"{f.scene}/{f.sequence}"] for f in data.frames]
+    return batch, [conds[f"{f.scene}/{f.sequence}"] for f in data.frames] * copies
 
 
 def logit_spread(logits_NS: torch.Tensor) -> dict:
@@ -93,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     model = build_apr_model(cfg["model"]["name"], model_cfg, specs)
     loss_fn = build_loss(cfg["loss"])
     t0 = time.process_time()
-    train, _ = load_frames(ds, "train", transform, scenes)
+    if args.augment_copies > 0:
+        aug = ImageTransform(int(d["image_width"]), int(d["image_height"]), **d["augment"])
+        train, _ = load_frames(ds, "train", aug, scenes, args.augment_copies)
+    else:
+        train, _ = load_frames(ds, "train", transform, scenes)
     test, test_cond = load_frames(ds, "test", transform, scenes)
     stats = [scene_stats(s, "", [f for f in ds.frames("train") if f.scene == s], 1.0, 0.1) for s in scenes]
     mean = torch.tensor(np.stack([s.position_mean for s in stats]), dtype=torch.float32)
@@ -111,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         "n_train": int(train["scene_id"].numel()),
         "n_test": int(test["scene_id"].numel()),
         "optimiser": {k: cfg["train"][k] for k in ("optimizer", "lr", "weight_decay")},
+        "augment_copies": args.augment_copies,
+        "augment": d["augment"] if args.augment_copies > 0 else None,
         "batch_size": int(d["batch_size"]),
         "torch_threads": torch.get_num_threads(),
         "cpu_seconds_features": cpu_cache,

@@ -225,12 +225,12 @@ def test_ms_hyperpose_hypernetwork_reads_the_backbone_image_descriptor() -> None
     model = small_model("ms_hyperpose").eval()
     x = torch.rand(2, 3, 48, 64)
     seen = {}
-    model.hyper_t.map_fc.register_forward_hook(lambda m, args, out: seen.setdefault("in", args[0]))
+    model.hyper_t.map_fc.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))  # returns None
     with torch.no_grad():
         model(x)
         expect = model.backbone(x)[32].mean(dim=(2, 3))
     assert model.hyper_t.map_fc.in_features == model.hyper_rot.map_fc.in_features == 1280
-    torch.testing.assert_close(seen["in"], expect)
+    torch.testing.assert_close(seen["x"], expect)
 
 
 def test_mvl_loc_fusion_attends_each_image_to_its_scene_words() -> None:

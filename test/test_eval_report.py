@@ -313,8 +313,21 @@ def test_scene_classification_and_reasons(tmp_path) -> None:
         o.extras["predicted_scene"] = pred
     outs[5].extras["status_reason"] = "pose outside the mapped region"
     rep = write_report(outs, tmp_path, plots=False)
-    # 6 frames name a scene; right: 0, 1, 4, 6 -> 4 / 6.
-    assert rep["scene_classification"] == {"n_frames": 6, "accuracy": pytest.approx(4 / 6)}
+    # 6 frames name a scene; right: 0, 1, 4, 6 -> 4 / 6. Normal light: frames 0, 1, 2, 6 (3 right);
+    # night: 4, 5 (1 right). True A: 0, 1, 2 (2 right); true B: 4, 5, 6 (2 right).
+    assert rep["scene_classification"] == {
+        "n_frames": 6,
+        "accuracy": pytest.approx(4 / 6),
+        "per_condition": {"night": {"n_frames": 2, "accuracy": 0.5}, "normal": {"n_frames": 4, "accuracy": 0.75}},
+        "per_scene": {
+            "A": {"n_frames": 3, "accuracy": pytest.approx(2 / 3)},
+            "B": {"n_frames": 3, "accuracy": pytest.approx(2 / 3)},
+        },
+        "confusion": {"A": {"A": 2, "B": 1}, "B": {"B": 2, "A": 1}},
+    }
+    # a frame whose true scene is unknown is not scored
+    outs[0].scene = ""
+    assert write_report(outs, tmp_path, plots=False)["scene_classification"]["n_frames"] == 5
     rows = read_frames_csv(tmp_path / "frames.csv")
     assert [r["predicted_scene"] for r in rows] == ["A", "A", "B", "", "B", "A", "B"]
     assert rows[5]["status_reason"] == "pose outside the mapped region" and rows[0]["status_reason"] == ""
