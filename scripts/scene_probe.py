@@ -18,7 +18,8 @@ written atomically as JSON with ``--out``):
   logits' mean) and the gradient norm of the pose loss and of the scene NLL on every parameter group
   (one batch of ``--grad-batch`` training frames, training mode);
 - every ``--eval-every`` steps: scene accuracy on the query frames, overall and per condition, and on
-  the training frames.
+  the training frames; the queries' median pose errors (m, deg; positions de-normalised with the
+  predicted scene's statistics, as the localizer does).
 
 This isolates the classifier's ability to learn from what full training adds (augmentation,
 backbone fine-tuning, 15+ epochs); ``visloc train`` + ``visloc eval`` measure the real thing.
@@ -38,11 +39,13 @@ import torch
 from visloc_core.commands.map_build import apply_overrides
 from visloc_core.data.layout import Dataset
 from visloc_core.data.torch_dataset import ImageTransform, PoseDataset
+from visloc_core.geometry.torch_ops import quat_angle_deg
 from visloc_core.models.registry import SceneSpec, build_apr_model
 from visloc_core.training.apr_data import scene_stats
 from visloc_core.training.cached_features import (
     cache_features,
     gradient_norms,
+    predict,
     predict_scenes,
     train_on_features,
 )
@@ -116,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     stats = [scene_stats(s, "", [f for f in ds.frames("train") if f.scene == s], 1.0, 0.1) for s in scenes]
     mean = torch.tensor(np.stack([s.position_mean for s in stats]), dtype=torch.float32)
     scale = torch.tensor([s.position_scale for s in stats], dtype=torch.float32)
+    test_position_m = test["position"].clone()
     for b in (train, test):
         b["position"] = (b["position"] - mean[b["scene_id"]]) / scale[b["scene_id"], None]
     f_train = cache_features(model, train.pop("image"))
@@ -148,13 +152,18 @@ def main(argv: list[str] | None = None) -> int:
     curve = []
 
     def evaluate(step: int, hist: list[dict]) -> None:
-        ok_test = (predict_scenes(model, f_test) == test["scene_id"]).numpy()
+        out = predict(model, f_test)
+        sid = out["scene_logits_BS"].argmax(dim=1)
+        ok_test = (sid == test["scene_id"]).numpy()
         ok_train = (predict_scenes(model, f_train) == train["scene_id"]).numpy()
+        t_err = (out["position_B3"] * scale[sid, None] + mean[sid] - test_position_m).norm(dim=1)
+        r_err = quat_angle_deg(out["quat_B4"], test["quat_wxyz"])
         point = {
             "step": step,
             "train_acc": float(ok_train.mean()),
             "test_acc": float(ok_test.mean()),
             "test_acc_per_condition": {c: float(ok_test[conds == c].mean()) for c in sorted(set(test_cond))},
+            "test_median_m_deg": [float(t_err.median()), float(r_err.median())],
             "mean_losses_since_last": {k: float(np.mean([h[k] for h in hist[-args.eval_every :]])) for k in hist[-1]},
         }
         curve.append(point)

@@ -119,17 +119,19 @@ def train_on_features(
 
 
 @torch.no_grad()
-def predict_scenes(model: nn.Module, feats: dict[str, torch.Tensor], chunk: int = 64) -> torch.Tensor:
-    """Arg max scene per row (eval mode: what the localizer picks)."""
+def predict(model: nn.Module, feats: dict[str, torch.Tensor], chunk: int = 64) -> dict[str, torch.Tensor]:
+    """The model's outputs on every row (eval mode: the scene and pose the localizer would report)."""
     was_training = model.training
     model.eval()
     n = next(iter(feats.values())).shape[0]
-    out = [
-        model.forward_features(_rows(feats, torch.arange(i, min(i + chunk, n))))["scene_logits_BS"].argmax(1)
-        for i in range(0, n, chunk)
-    ]
+    parts = [model.forward_features(_rows(feats, torch.arange(i, min(i + chunk, n)))) for i in range(0, n, chunk)]
     model.train(was_training)
-    return torch.cat(out)
+    return {k: torch.cat([p[k] for p in parts]) for k in ("position_B3", "quat_B4", "scene_logits_BS")}
+
+
+def predict_scenes(model: nn.Module, feats: dict[str, torch.Tensor], chunk: int = 64) -> torch.Tensor:
+    """Arg max scene per row (eval mode: what the localizer picks)."""
+    return predict(model, feats, chunk)["scene_logits_BS"].argmax(dim=1)
 
 
 def gradient_norms(
