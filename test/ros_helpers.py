@@ -274,6 +274,39 @@ class Probe:
             self.wait_for(lambda: self.count(wait_topic) > before, timeout_s, f"a message on {wait_topic}")
 
 
+class NodeSessions:
+    """Factory of (LocalizerNode, Probe) pairs for one test: each node is built with ``defaults``
+    updated by the call's parameters, configured and activated, its probe connected and the tiny
+    camera's camera_info delivered (frame 'cam_opt'); :meth:`close` tears every pair down."""
+
+    def __init__(self, **defaults) -> None:
+        self.defaults = defaults
+        self.made: list[tuple] = []
+
+    def __call__(self, **params) -> tuple:
+        import rclpy
+
+        from visloc_ros import conversions as conv
+        from visloc_ros.localizer_node import LocalizerNode
+
+        overrides = {**self.defaults, **params}
+        node = LocalizerNode(parameter_overrides=[rclpy.parameter.Parameter(k, value=v) for k, v in overrides.items()])
+        probe = Probe()
+        self.made.append((node, probe))
+        assert node.autostart(), "configure/activate failed"
+        probe.start(node)
+        probe.wait_connected()
+        probe.info_pub.publish(conv.camera_to_camera_info(TINY_CAMERA, 0, "cam_opt"))
+        probe.wait_for(lambda: node._camera is not None, what="camera_info at the node")
+        return node, probe
+
+    def close(self) -> None:
+        for node, probe in self.made:
+            node.stop()
+            probe.stop()
+            node.destroy_node()
+
+
 def _mounts():
     from visloc_core.geometry import R_from_rotvec, T_from_R_t
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import rclpy
 from geometry_msgs.msg import PoseWithCovarianceStamped
-from ros_helpers import TINY_CAMERA, Probe, tiny_frames, trained_two_scene_artifact, write_tiny_bag
+from ros_helpers import TINY_CAMERA, NodeSessions, tiny_frames, trained_two_scene_artifact, write_tiny_bag
 
 from visloc_core.data.layout import DatasetWriter
 from visloc_core.evaluation.report import read_frames_csv
@@ -40,25 +40,9 @@ def ros():
 
 @pytest.fixture
 def session(ros, artifact):
-    made = []
-
-    def start(**params) -> tuple[LocalizerNode, Probe]:
-        overrides = {"model": str(artifact), "image_qos": "reliable", "diagnostics_period_s": 0.2, **params}
-        node = LocalizerNode(parameter_overrides=[rclpy.parameter.Parameter(k, value=v) for k, v in overrides.items()])
-        probe = Probe()
-        made.append((node, probe))
-        assert node.autostart(), "configure/activate failed"
-        probe.start(node)
-        probe.wait_connected()
-        probe.info_pub.publish(conv.camera_to_camera_info(TINY_CAMERA, 0, "cam_opt"))
-        probe.wait_for(lambda: node._camera is not None, what="camera_info at the node")
-        return node, probe
-
-    yield start
-    for node, probe in made:
-        node.stop()
-        probe.stop()
-        node.destroy_node()
+    sessions = NodeSessions(model=str(artifact), image_qos="reliable", diagnostics_period_s=0.2)
+    yield sessions
+    sessions.close()
 
 
 def _scene_frames(scenes: list[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -160,19 +144,13 @@ def test_replay_scores_the_scene_against_the_truth_per_frame(tmp_path, artifact)
 
 def test_replay_of_a_one_scene_bag_needs_the_scene(tmp_path, artifact):
     bag, stamps, _ = write_tiny_bag(tmp_path / "bag", S_VALUES, scene="coffee")
+    common = {"bag": bag, "artifact": artifact, "wait": True}
     with pytest.raises(ReplayError, match=r"serves 2 scenes \['astro', 'coffee'\]: pass --scene"):
-        replay(ReplayOptions(bag=bag, artifact=artifact, out=tmp_path / "r0", wait=True))
+        replay(ReplayOptions(**common, out=tmp_path / "r0"))
     with pytest.raises(ReplayError, match="--scene 'kitchen' is not a scene"):
-        replay(ReplayOptions(bag=bag, artifact=artifact, out=tmp_path / "r1", wait=True, scene="kitchen"))
+        replay(ReplayOptions(**common, out=tmp_path / "r1", scene="kitchen"))
     report = replay(
-        ReplayOptions(
-            bag=bag,
-            artifact=artifact,
-            out=tmp_path / "r2",
-            wait=True,
-            scene="coffee",
-            node_params={"map_frame": "map_{scene}"},
-        )
+        ReplayOptions(**common, out=tmp_path / "r2", scene="coffee", node_params={"map_frame": "map_{scene}"})
     )
     assert report["n_frames"] == len(stamps) and report["scene_classification"]["accuracy"] == 1.0
     assert set(report["per_scene"]) == {"coffee"}

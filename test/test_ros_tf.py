@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import rclpy
 from nav_msgs.msg import Odometry
-from ros_helpers import TINY_CAMERA, Probe, ros_src_skip_reason, tiny_frames, trained_tiny_artifact
+from ros_helpers import TINY_CAMERA, NodeSessions, Probe, ros_src_skip_reason, tiny_frames, trained_tiny_artifact
 
 from visloc_core.data import messages as rosmsg
 from visloc_core.geometry import R_from_rotvec, T_from_R_t, invert_T
@@ -21,7 +21,6 @@ from visloc_core.localizers.loading import load_localizer
 from visloc_core.localizers.tf_logic import pose_in_output_frame
 from visloc_ros import conversions as conv
 from visloc_ros import tf_io
-from visloc_ros.localizer_node import LocalizerNode
 
 NO_TF2 = ros_src_skip_reason("tf2_ros", "tf2_py")
 needs_tf2 = pytest.mark.skipif(NO_TF2 is not None, reason=NO_TF2 or "")
@@ -54,26 +53,9 @@ def reference(artifact):
 def session(artifact):
     """(node, probe) factory; every node and probe is torn down after the test."""
     rclpy.init()
-    made = []
-
-    def make(**params):
-        overrides = {"model": str(artifact), "image_qos": "reliable", "warmup": False, "diagnostics_period_s": 0.2}
-        overrides.update(params)
-        node = LocalizerNode(parameter_overrides=[rclpy.parameter.Parameter(k, value=v) for k, v in overrides.items()])
-        probe = Probe()
-        made.append((node, probe))
-        assert node.autostart(), "configure/activate failed"
-        probe.start(node)
-        probe.wait_connected()
-        probe.info_pub.publish(conv.camera_to_camera_info(TINY_CAMERA, 0, "cam_opt"))
-        probe.wait_for(lambda: node._camera is not None, what="camera_info at the node")
-        return node, probe
-
-    yield make
-    for node, probe in made:
-        node.stop()
-        probe.stop()
-        node.destroy_node()
+    sessions = NodeSessions(model=str(artifact), image_qos="reliable", warmup=False, diagnostics_period_s=0.2)
+    yield sessions
+    sessions.close()
     rclpy.try_shutdown()
 
 
