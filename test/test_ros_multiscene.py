@@ -31,13 +31,6 @@ def artifact():
     return trained_two_scene_artifact()
 
 
-@pytest.fixture(scope="module")
-def ros():
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
-
-
 @pytest.fixture
 def session(ros, artifact):
     sessions = NodeSessions(model=str(artifact), image_qos="reliable", diagnostics_period_s=0.2)
