@@ -14,6 +14,7 @@ import rclpy
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from ros_helpers import TINY_CAMERA, NodeSessions, tiny_frames, trained_two_scene_artifact, write_tiny_bag
 
+from visloc_core.data import messages as rosmsg
 from visloc_core.data.layout import DatasetWriter
 from visloc_core.evaluation.report import read_frames_csv
 from visloc_core.localizers.loading import load_localizer
@@ -61,7 +62,7 @@ def test_each_scene_is_published_in_its_own_frame(session, artifact):
         expect = ref.localize(img, TINY_CAMERA, 0)
         assert msg.status == msg.LOCALIZED and msg.scene == scene == expect.scene
         assert msg.header.frame_id == pose.header.frame_id == f"map_{scene}"
-        np.testing.assert_allclose(conv.pose_to_T(pose.pose), expect.T_world_cam, atol=1e-5)
+        np.testing.assert_allclose(rosmsg.T_from_pose(pose.pose), expect.T_world_cam, atol=1e-5)
         # the right scene's frame: the pose is near the truth of that scene (the scenes are 5 m apart)
         assert np.linalg.norm(expect.T_world_cam[:3, 3] - T_gt[:3, 3]) < 1.0
     probe.wait_for(lambda: probe.count("/tf") == len(frames), what="/tf")
