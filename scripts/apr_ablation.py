@@ -93,6 +93,9 @@ def execute(run: dict, args: argparse.Namespace, out: Path) -> dict:
     artifact, report = folder / "artifact", folder / "eval"
     cfg = yaml.safe_load((ROOT / "config" / "models" / f"{run['model']}.yaml").read_text())
     cfg.setdefault("data", {})["scenes"] = run["train_scenes"]
+    # the papers' numbers score every pose the model gives: no precision class (the product's default
+    # publishes only poses whose covariance puts them within 25 cm / 2 deg: localizers/precision_class.py)
+    cfg["decision"] = {"accuracy_m": None, "accuracy_deg": None}
     cfg = apply_overrides(cfg, args.set)  # the same KEY=VALUE rules as `visloc map build --set`
     cfg_path = folder / "config.yaml"
     write_atomic(cfg_path, yaml.safe_dump(cfg, sort_keys=False))

@@ -119,3 +119,30 @@ def test_coverage_counts_textured_cells_only():
     keypoints = np.array([[5, 5], [15, 5], [25, 5], [35, 5]])  # four textured cells
     assert coverage_fraction(keypoints[:2], keypoints, cam) == 0.5
     assert coverage_fraction(keypoints[:1], None, cam) == 1 / 48  # without keypoints: every cell counts
+
+
+def test_covariance_scale_covers_the_near_misses():
+    """Reference: near poses whose residuals are Gaussian with 4x the variance of their first-order
+    covariance (true scale 4). Fitted on every pose except those of another place (beyond 50 cm /
+    4 deg: calibration.fit_covariance_scales' default), the median-NEES scale recovers 4; fitted on the
+    poses within 25 cm / 2 deg only (the former rule), the tail the covariance must cover is cut off and
+    the scale comes out too small: the near misses then pass the covariance gate as "certain"."""
+    from visloc_core.localizers.relpose.calibration import CalibrationConfig, _is_right, fit_covariance_scales
+
+    rng = np.random.default_rng(0)
+    s_t, s_r = 0.1, np.radians(1.0)  # residual sigmas per axis (m, rad)
+    cov = np.diag([s_t**2 / 4] * 3 + [s_r**2 / 4] * 3)  # first-order covariance: 4x too small
+    records = []
+    for _ in range(2000):
+        e = np.r_[rng.normal(scale=s_t, size=3), rng.normal(scale=s_r, size=3)]
+        records.append({
+            "regime": "near", "status": "LOCALIZED", "evidence": {"metric": True}, "covariance": cov.tolist(),
+            "residual": e.tolist(), "t_err": float(np.linalg.norm(e[:3])),
+            "r_err": float(np.degrees(np.linalg.norm(e[3:]))),
+        })  # fmt: skip
+    cfg = CalibrationConfig()
+    fitted = fit_covariance_scales(records, cfg)
+    assert fitted["scale_translation"] == pytest.approx(4.0, rel=0.1)
+    assert fitted["scale_rotation"] == pytest.approx(4.0, rel=0.1)
+    right_only = fit_covariance_scales(records, cfg, keep=_is_right)
+    assert right_only["scale_translation"] < 0.92 * 4.0 and right_only["scale_rotation"] < 0.8 * 4.0

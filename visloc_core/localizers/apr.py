@@ -12,8 +12,12 @@ camera at the network input; the localizer logs a warning once and sets
 ``extras["focal_ratio"]`` when the query camera's differs by more than 5 %. Map and localize with
 the same camera model and aspect ratio.
 
-Result: LOCALIZED with the calibrated diagonal covariance of the artifact, or REJECTED with a reason
-when the image is unlike the training images (its embedding farther from them than the artifact's
+Result: LOCALIZED with the calibrated diagonal covariance of the artifact; NOT_LOCALIZED ("uncertain")
+when that covariance does not put the pose within the precision class (``precision_class.py``:
+25 cm / 2 deg with probability 0.68 by default, ``artifact.json["decision"]``, set at training by
+the ``decision:`` config keys): an APR whose held-out error is decimetres publishes nothing a robot
+would fuse at that class, and its pose stays in ``extras["T_world_cam_refused"]``; or REJECTED with
+a reason when the image is unlike the training images (its embedding farther from them than the artifact's
 threshold: models/apr/familiarity.py, measured on held-out training frames), the pose is non-finite,
 or it lies outside the mapped region (box of training camera centres plus margin of the predicted
 scene). With a familiarity model the covariance grows with that distance (``var(d) = a + b d^2`` per
@@ -38,6 +42,7 @@ from ..geometry import PinholeCamera, T_from_position_quat_wxyz
 from ..models.apr.artifact import APRArtifact, load_apr_artifact
 from .base import LocalizationResult, Localizer, Status, check_query_image
 from .loading import LOCALIZERS
+from .precision_class import PrecisionClass, sigmas, uncertain_reasons
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,8 @@ class APRLocalizer(Localizer):
         train_cam = img.get("training_camera_input")
         self._train_fx = float(train_cam["fx"]) if train_cam else None
         self._warned_focal = False
+        # artifacts trained before the decision keys existed get the default (honest) precision class
+        self.precision_class = PrecisionClass.from_dict(artifact.meta.get("decision"))
 
     def preprocess(self, image_rgb_HW3: np.ndarray, camera: PinholeCamera | None = None) -> torch.Tensor:
         """uint8 RGB (H, W, 3) -> float tensor (1, 3, h, w) in [0, 1] on the device."""
@@ -161,6 +168,12 @@ class APRLocalizer(Localizer):
                 f"pose outside the mapped region of scene {scene.name!r}: position {np.round(position, 2).tolist()} m "
                 f"not in box {np.round(scene.region_min, 2).tolist()} .. {np.round(scene.region_max, 2).tolist()}"
             )
+        if status == Status.LOCALIZED:
+            uncertain = uncertain_reasons(*sigmas(cov), self.precision_class)
+            if uncertain:
+                common["extras"].update(T_world_cam_refused=T_world_cam.tolist(), covariance_refused=cov.tolist())
+                stages["postprocess"] = time.perf_counter() - t2
+                return LocalizationResult.not_localized(reason="; ".join(uncertain), stage_seconds=stages, **common)
         stages["postprocess"] = time.perf_counter() - t2
         return LocalizationResult(T_world_cam, cov, status, status_reason=reason, stage_seconds=stages, **common)
 

@@ -309,7 +309,13 @@ def _train_locked(
         from torch.utils.data import Subset
 
         from ..data.torch_dataset import PoseDataset
-        from ..models.apr.familiarity import EMBEDDINGS_FILE, embed_loader, fit_familiarity
+        from ..models.apr.familiarity import (
+            EMBEDDINGS_FILE,
+            embed_loader,
+            fit_familiarity,
+            heldout_decision,
+            knn_distance,
+        )
 
         d = cfg["data"]
         train_plain = PoseDataset(dm.dataset, d["train_split"], dm.val_transform, dm.scene_names,
@@ -321,6 +327,15 @@ def _train_locked(
             calibration["familiarity"] = fit_familiarity(
                 emb_train, emb_val, dt, dw, int(fam_cfg.get("k", 1)), float(fam_cfg.get("quantile", 0.99)),
                 float(cfg["calibration"]["min_sigma_m"]), float(cfg["calibration"]["min_sigma_deg"]),
+            )  # fmt: skip
+            # the decision (LOCALIZED only within the precision class) on frames not fitted on
+            calibration["familiarity"]["heldout_decision"] = hd = heldout_decision(
+                knn_distance(emb_val, emb_train, int(fam_cfg.get("k", 1))), dt, dw, cfg.get("decision"),
+                float(cfg["calibration"]["min_sigma_m"]), float(cfg["calibration"]["min_sigma_deg"]),
+            )  # fmt: skip
+            log.info(
+                "decision on held-out frames (2-fold): %d of %d published, precision %s",
+                hd["n_published"], hd["n"], hd["precision"],
             )  # fmt: skip
             np.save(work / EMBEDDINGS_FILE, emb_train.astype(np.float16))
             extra[EMBEDDINGS_FILE] = work / EMBEDDINGS_FILE

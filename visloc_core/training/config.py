@@ -61,6 +61,14 @@ DEFAULT_CONF: dict[str, Any] = {
         "progress_bar": True,  # tqdm progress bar
         "gradient_clip_val": 0.0,  # 0 = off
     },
+    # LOCALIZED only when the pose's own calibrated covariance puts it within these bounds with
+    # probability accuracy_level (localizers/precision_class.py; the precision class of `visloc eval`);
+    # an APR with decimetre errors then publishes nothing at 25 cm / 2 deg: widen them for coarse use
+    "decision": {
+        "accuracy_m": 0.25,  # m; null = no bound
+        "accuracy_deg": 2.0,  # deg; null = no bound
+        "accuracy_level": 0.68,
+    },
     "calibration": {
         "variance_scale": 1.0,  # multiply the validation error variances (>1 = more conservative)
         "min_sigma_m": 0.01,  # floor of each translation sigma (m); avoids overconfidence on tiny val sets

@@ -13,7 +13,8 @@ localized against the REST of the map (leave-one-out), in two regimes:
 
 The held-out keyframe's own image is the query (its cached features), its known pose the truth.
 
-1. Covariance. For the ``near`` poses within 25 cm / 2 deg, the NEES of the first-order PnP covariance
+1. Covariance. For the ``near`` poses that are not of another place (within 50 cm / 4 deg: the right
+   ones and the near misses the covariance must cover), the NEES of the first-order PnP covariance
    (solvers.pnp_covariance: image noise only, map points taken as exact) is computed per block; the
    scale that brings its MEDIAN to the chi-square median (2.37 for 3 dof) is stored per block
    (translation, rotation) and applied at query time (``metric_covariance``). It absorbs what the
@@ -230,16 +231,22 @@ def _is_wrong_place(r: dict) -> bool:
     return "t_err" in r and (r["t_err"] > 2 * RIGHT_T_M or r["r_err"] > 2 * RIGHT_R_DEG)
 
 
-def fit_covariance_scales(records: list[dict], cfg: CalibrationConfig) -> dict:
-    """Per block, the factor that brings the median NEES of the right ``near`` poses to the chi-square
-    median (module docstring, 1); keyed like the MapCalibration fields; {} without data."""
+def _not_gross(r: dict) -> bool:
+    return "t_err" in r and not _is_wrong_place(r)
+
+
+def fit_covariance_scales(records: list[dict], cfg: CalibrationConfig, keep=_not_gross) -> dict:
+    """Per block, the factor that brings the median NEES of the ``near`` poses that are not of another
+    place (``keep``) to the chi-square median (module docstring, 1); keyed like the MapCalibration
+    fields; {} without data. Fitting on the RIGHT poses only (within 25 cm / 2 deg) would leave out
+    exactly the near misses the covariance must cover: the scale came out too small."""
     from ...evaluation.calibration import nees
 
     out = {}
     for metric, suffix in ((True, ""), (False, "_direction_only")):
         rows = [
             r for r in records
-            if r["regime"] == "near" and r["status"] == "LOCALIZED" and "covariance" in r and _is_right(r)
+            if r["regime"] == "near" and r["status"] == "LOCALIZED" and "covariance" in r and keep(r)
             and bool((r.get("evidence") or {}).get("metric")) == metric
         ]  # fmt: skip
         if len(rows) < 10:

@@ -40,7 +40,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ...geometry import PinholeCamera
+from ..precision_class import PrecisionClass, sigmas, uncertain_reasons
 from .base import ConfigSection
+
+__all__ = ["DecisionConfig", "Evidence", "coverage_fraction", "decide", "sigmas"]
 
 GRID = (8, 6)  # coverage cells across (width) and down (height) the image
 
@@ -103,23 +106,6 @@ def coverage_fraction(inlier_uv_N2: np.ndarray, keypoints_uv_M2: np.ndarray | No
     return len(cells(inlier_uv_N2) & textured) / len(textured)
 
 
-def chi2_ppf_3dof(p: float) -> float:
-    """Quantile of the chi-square distribution with 3 degrees of freedom (scipy.stats.chi2.ppf)."""
-    from scipy.stats import chi2
-
-    return float(chi2.ppf(p, 3))
-
-
-def sigmas(cov_66: np.ndarray) -> tuple[float, float]:
-    """Largest standard deviation of the position (m) and rotation (deg) blocks of a covariance."""
-    cov = np.asarray(cov_66, np.float64)
-    if cov.shape != (6, 6) or not np.all(np.isfinite(cov)):
-        return float("nan"), float("nan")
-    st = float(np.sqrt(max(np.linalg.eigvalsh(cov[:3, :3]).max(), 0.0)))
-    sr = float(np.degrees(np.sqrt(max(np.linalg.eigvalsh(cov[3:, 3:]).max(), 0.0))))
-    return st, sr
-
-
 def decide(ev: Evidence, cfg: DecisionConfig) -> tuple[bool, str, float]:
     """(publish?, reason when not, confidence in [0, 1]) for the evidence of one localization."""
     if not cfg.enabled:
@@ -130,11 +116,8 @@ def decide(ev: Evidence, cfg: DecisionConfig) -> tuple[bool, str, float]:
         checks.append(("coverage", ev.coverage, cfg.min_coverage))
         checks.append(("inlier ratio", ev.inlier_ratio, cfg.min_inlier_ratio))
     failed = [f"{name} {value:.3g} < {thr:.3g}" for name, value, thr in checks if value < thr]
-    k = float(np.sqrt(chi2_ppf_3dof(cfg.accuracy_level)))
-    if cfg.accuracy_m is not None and ev.sigma_position_m * k > cfg.accuracy_m:
-        failed.append(f"uncertain: position sigma {ev.sigma_position_m:.3g} m x {k:.2f} > {cfg.accuracy_m:g} m")
-    if cfg.accuracy_deg is not None and ev.sigma_rotation_deg * k > cfg.accuracy_deg:
-        failed.append(f"uncertain: rotation sigma {ev.sigma_rotation_deg:.3g} deg x {k:.2f} > {cfg.accuracy_deg:g} deg")
+    bounds = PrecisionClass(cfg.accuracy_m, cfg.accuracy_deg, cfg.accuracy_level)
+    failed += uncertain_reasons(ev.sigma_position_m, ev.sigma_rotation_deg, bounds)
     if ev.n_rival >= ev.n_agree and ev.rival_ratio >= cfg.max_rival_ratio:
         failed.append(
             f"ambiguous: {ev.n_rival} references agree on another pose with {ev.rival_ratio:.2f}x this one's "

@@ -143,6 +143,8 @@ def write_apr_artifact(
             },
             "scenes": [s.to_json() for s in scenes],
             "calibration": calibration,
+            # the precision class a pose must lie within by its covariance to be LOCALIZED
+            "decision": dict(cfg.get("decision") or {}),
             "training": training,
         }
         for name, src in (extra_files or {}).items():

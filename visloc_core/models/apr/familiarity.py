@@ -125,6 +125,52 @@ def fit_familiarity(
     return out
 
 
+def heldout_decision(
+    d_N: np.ndarray,
+    dt_N3: np.ndarray,
+    dw_N3: np.ndarray,
+    precision_class: dict | None = None,
+    min_sigma_m: float = 0.0,
+    min_sigma_deg: float = 0.0,
+) -> dict:
+    """What the localizer's decision does on frames its covariance was NOT fitted on: the held-out
+    frames in two folds (even / odd index); the variance model is fitted on one and applied to the
+    other. Returns {n, published (fraction LOCALIZED by localizers/precision_class.py), n_published,
+    precision (fraction of those within accuracy_m / accuracy_deg; null when none), nees_median_t/r}."""
+    from ...localizers.precision_class import PrecisionClass, uncertain_reasons
+
+    pc = PrecisionClass.from_dict(precision_class)
+    d = np.asarray(d_N, np.float64)
+    n = len(d)
+    published, right, nees_t, nees_r = [], [], [], []
+    folds = [np.arange(n) % 2 == 0, np.arange(n) % 2 == 1]
+    for fit_mask, test_mask in (folds, folds[::-1]):
+        if fit_mask.sum() < 2 or test_mask.sum() < 1:
+            continue
+        ct = fit_variance_model(d[fit_mask], dt_N3[fit_mask], np.full(3, min_sigma_m**2))
+        cr = fit_variance_model(d[fit_mask], dw_N3[fit_mask], np.full(3, np.radians(min_sigma_deg) ** 2))
+        for i in np.flatnonzero(test_mask):
+            vt, vr = variance_at(ct, d[i]), variance_at(cr, d[i])
+            nees_t.append(float(np.sum(dt_N3[i] ** 2 / vt)))
+            nees_r.append(float(np.sum(dw_N3[i] ** 2 / vr)))
+            ok = not uncertain_reasons(float(np.sqrt(vt.max())), float(np.degrees(np.sqrt(vr.max()))), pc)
+            published.append(ok)
+            if ok:
+                e_t = float(np.linalg.norm(dt_N3[i]))
+                e_r = float(np.degrees(np.linalg.norm(dw_N3[i])))
+                right.append((pc.accuracy_m is None or e_t <= pc.accuracy_m)
+                             and (pc.accuracy_deg is None or e_r <= pc.accuracy_deg))  # fmt: skip
+    return {
+        "method": "2-fold on the held-out frames: variance model fitted on one fold, decision on the other",
+        "n": len(published),
+        "published": float(np.mean(published)) if published else 0.0,
+        "n_published": int(np.sum(published)),
+        "precision": float(np.mean(right)) if right else None,
+        "nees_median_t": float(np.median(nees_t)) if nees_t else None,
+        "nees_median_r": float(np.median(nees_r)) if nees_r else None,
+    }
+
+
 @torch.inference_mode()
 def embed_loader(model: torch.nn.Module, loader, device: str | torch.device = "cpu") -> np.ndarray:
     """(N, C) embeddings of every image of a loader (its ``image`` batches), in order."""
