@@ -28,21 +28,6 @@ from pathlib import Path
 import numpy as np
 
 
-def _records_loo(loc, cal_cfg) -> list[dict]:
-    from visloc_core.localizers.relpose.calibration import MapCalibration, run_leave_one_out
-
-    base, stored = loc.decision_cfg, loc.calibration
-    loc.decision_cfg = replace(base, min_inliers=0, min_coverage=0.0, min_inlier_ratio=0.0,
-                               min_agreeing_references=0)  # fmt: skip
-    loc.calibration = MapCalibration()
-    fb = loc.filter_cfg.fallback
-    loc.filter_cfg.fallback = "reject"
-    try:
-        return run_leave_one_out(loc, cal_cfg)
-    finally:
-        loc.decision_cfg, loc.calibration, loc.filter_cfg.fallback = base, stored, fb
-
-
 def _records_queries(loc, data: Path, per_sequence: int) -> list[dict]:
     from visloc_core.data.layout import Dataset
     from visloc_core.evaluation.calibration import pose_residuals
@@ -147,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="JSON with the records and the scores")
     a = p.parse_args(argv)
     from visloc_core.localizers.relpose import RelposeLocalizer
-    from visloc_core.localizers.relpose.calibration import CalibrationConfig, MapCalibration
+    from visloc_core.localizers.relpose.calibration import CalibrationConfig, MapCalibration, calibration_records
 
     loc = RelposeLocalizer(a.map)
     cal_cfg = CalibrationConfig.from_dict(loc.cfg.get("calibration"))
@@ -159,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         rec = json.loads(cache.read_text())
     else:
         t0 = time.process_time()
-        rec = {"loo": _records_loo(loc, cal_cfg)}
+        rec = {"loo": calibration_records(loc, cal_cfg)}
         rec["loo_cpu_s"] = time.process_time() - t0
         rec["queries"] = _records_queries(loc, a.data, a.per_sequence)
         rec["cpu_s"] = time.process_time() - t0

@@ -314,20 +314,26 @@ def fit_thresholds(
     return {"min_coverage": round(float(chosen), 4)}, stats
 
 
-def calibrate(localizer, cfg: CalibrationConfig, progress: bool = False) -> MapCalibration:
-    """Leave-one-out run (run_leave_one_out) and fits: covariance scales, then decision thresholds."""
-    t0 = time.perf_counter()
-    base = localizer.decision_cfg
-    # every candidate pose is wanted: thresholds off, scale 1, no fallback pose
+def calibration_records(localizer, cfg: CalibrationConfig, progress: bool = False) -> list[dict]:
+    """run_leave_one_out with every candidate pose wanted: thresholds off, covariance scale 1, no
+    fallback pose; the localizer's decision, calibration and fallback are restored afterwards."""
+    base, stored = localizer.decision_cfg, localizer.calibration
     localizer.decision_cfg = replace(base, min_inliers=0, min_coverage=0.0, min_inlier_ratio=0.0,
                                      min_agreeing_references=0)  # fmt: skip
     localizer.calibration = MapCalibration()
     fb = localizer.filter_cfg.fallback
     localizer.filter_cfg.fallback = "reject"
     try:
-        records = run_leave_one_out(localizer, cfg, progress)
+        return run_leave_one_out(localizer, cfg, progress)
     finally:
-        localizer.decision_cfg, localizer.filter_cfg.fallback = base, fb
+        localizer.decision_cfg, localizer.calibration, localizer.filter_cfg.fallback = base, stored, fb
+
+
+def calibrate(localizer, cfg: CalibrationConfig, progress: bool = False) -> MapCalibration:
+    """Leave-one-out run (calibration_records) and fits: covariance scales, then decision thresholds."""
+    t0 = time.perf_counter()
+    base = localizer.decision_cfg
+    records = calibration_records(localizer, cfg, progress)
     scales = fit_covariance_scales(records, cfg)
     cal = MapCalibration(**scales)
     cal.thresholds, fit_stats = fit_thresholds(records, base, cfg, scales)
