@@ -84,6 +84,16 @@ def test_the_map_calibrates_itself(half_room_map):
     # the scales multiply a first-order covariance that ignores map errors: never below 1
     assert cal["scale_translation"] >= 1.0 and cal["scale_rotation"] >= 1.0
     assert cal["thresholds"]["min_coverage"] >= DecisionConfig().min_coverage
+    # recalibrating a loaded map starts from the config's floors, not from the thresholds an earlier
+    # calibration raised (they used to ratchet: a plaza map kept 0.59 from an older fit, 21 % localized)
+    from dataclasses import replace
+
+    from visloc_core.localizers.relpose.calibration import CalibrationConfig, calibrate
+
+    loc = load_localizer(mp)
+    loc.decision_cfg = replace(loc.decision_cfg, min_coverage=0.95)  # as if an earlier fit had raised it
+    again = calibrate(loc, CalibrationConfig())
+    assert DecisionConfig().min_coverage <= again.thresholds["min_coverage"] < 0.95
 
 
 def _ev(**kw):

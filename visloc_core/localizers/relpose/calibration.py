@@ -332,7 +332,9 @@ def calibration_records(localizer, cfg: CalibrationConfig, progress: bool = Fals
 def calibrate(localizer, cfg: CalibrationConfig, progress: bool = False) -> MapCalibration:
     """Leave-one-out run (calibration_records) and fits: covariance scales, then decision thresholds."""
     t0 = time.perf_counter()
-    base = localizer.decision_cfg
+    # the config's floors, not the thresholds of an earlier calibration the loaded map applies (those
+    # would only ever ratchet up when a map is recalibrated)
+    base = DecisionConfig.from_dict(localizer.cfg.get("decision"))
     records = calibration_records(localizer, cfg, progress)
     scales = fit_covariance_scales(records, cfg)
     cal = MapCalibration(**scales)
