@@ -87,6 +87,7 @@ TWO_SCENE_TRAIN_CFG = {
         "seed": seed(),
         "stages": [{"name": "heads", "epochs": 8, "freeze": ["backbone."]}],
     },
+    "decision": TINY_TRAIN_CFG["decision"],  # no precision class: plumbing tests (see TINY_TRAIN_CFG)
 }
 TWO_SCENE_N_TRAIN = 12
 
