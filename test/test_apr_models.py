@@ -408,8 +408,9 @@ def test_tiny_overfit_through_trainer_artifact_and_localizer(name: str, two_scen
         opt.step()
     after = pose_error_terms()
     ratio = record(f"apr_models.overfit_ratio.{name}", after / before)
-    # bound: the worst ratio over the seed x thread sweep (test/bound_sweep.py, docs/CONTRIBUTING.md) x 1.5
-    assert ratio < 0.35, f"{name}: pose error terms {before:.3f} -> {after:.3f}"
+    # bound: the worst ratio over the seed x thread sweep (test/bound_sweep.py, docs/CONTRIBUTING.md: mvl_loc
+    # 0.269) x 1.5
+    assert ratio < 0.4, f"{name}: pose error terms {before:.3f} -> {after:.3f}"
 
     art = write_apr_artifact(
         tmp_path / "art",

@@ -98,8 +98,10 @@ def test_replay_mcap_compressed(tmp_path, artifact):
     np.testing.assert_allclose(T_est, np.stack(T_ref), atol=1e-5)
     t_err, _ = pose_errors(T_est, np.stack(T_gt))
     np.testing.assert_allclose([float(r["t_err_m"]) for r in rows], t_err, atol=1e-5)
-    # JPEG q90 at 64x48 costs some accuracy; still better than the mean pose (bound: the sweep's worst x 1.5)
-    assert record("ros_replay.jpeg_t_vs_mean_pose", np.median(t_err) / mean_pose_error(T_gt)) < 0.7
+    # JPEG q90 at 64x48 costs some accuracy; still better than the mean pose. Bound: the reference itself (the
+    # mean pose, ratio 1): the sweep's worst (0.688, docs/CONTRIBUTING.md) x 1.5 = 1.03 would pass a model no
+    # better than the mean pose (the bound was 0.7, 2 % above that worst). Exactness is checked above.
+    assert record("ros_replay.jpeg_t_vs_mean_pose", np.median(t_err) / mean_pose_error(T_gt)) < 1.0
     assert "truth" in report["meta"]["replay"]["ground_truth"]
 
 

@@ -16,6 +16,7 @@ import sys
 import yaml
 
 from .atomic import OutputLockedError
+from .interrupt import as_interrupted, exit_code, signal_name, signals_interrupt
 
 # command -> (module, one-line help). Nested commands use a space: "dataset from-bag".
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -64,6 +65,17 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; SIGINT and SIGTERM interrupt it alike (visloc_core.interrupt): one line says what
+    was kept, the exit status is 128 + the signal's number (130, 143)."""
+    with signals_interrupt():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt as exc:  # before the command started (parsing, imports)
+            print(f"visloc: interrupted by {signal_name(as_interrupted(exc).signum)}", file=sys.stderr)
+            return exit_code(exc)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -80,9 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     mod = importlib.import_module(f"visloc_core.commands.{args._module}")
     try:
         return int(mod.run(args) or 0)
-    except KeyboardInterrupt:
-        print("visloc: interrupted; partial results (if any) are kept as described in --help", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        exc = as_interrupted(exc)
+        kept = exc.kept or "partial results (if any) are kept as described in --help"
+        print(f"visloc {_command_name(args)}: interrupted by {signal_name(exc.signum)}; {kept}", file=sys.stderr)
+        return exit_code(exc)
     except (
         FileNotFoundError,
         FileExistsError,

@@ -28,6 +28,7 @@ import numpy as np
 from ..data.layout import Dataset, FrameRecord
 from ..evaluation.records import FrameOutcome
 from ..evaluation.report import write_report
+from ..interrupt import exit_code
 from ..localizers.base import LocalizationResult, Status
 from ..localizers.loading import load_localizer, read_artifact_meta
 
@@ -284,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning("%s uses class maps but the dataset has none for these frames: running without", meta["method"])
     log.info("evaluating %s on %d frames of %s (split %s)", meta["method"], len(frames), ds.root, args.split)
     outcomes: list[FrameOutcome] = []
-    partial = False
+    partial, interrupted_code = False, 0
     last_seq = None
     bar = tqdm(frames, desc="eval", unit="frame", dynamic_ncols=True)
     try:
@@ -305,8 +306,8 @@ def run(args: argparse.Namespace) -> int:
             latency_ms = 1000.0 * (time.perf_counter() - t0)
             outcomes.append(outcome_from_result(f, conditions.get(f"{f.scene}/{f.sequence}", "normal"), result,
                                                 latency_ms))  # fmt: skip
-    except KeyboardInterrupt:
-        partial = True
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (visloc_core.interrupt): 130 / 143
+        partial, interrupted_code = True, exit_code(exc)
         bar.close()
         print(f"\ninterrupted after {len(outcomes)}/{len(frames)} frames; writing a partial report", file=sys.stderr)
     except Exception as err:
@@ -322,4 +323,4 @@ def run(args: argparse.Namespace) -> int:
     meta["finished_unix"] = time.time()
     report = write_report(outcomes, out, meta=meta, partial=partial, plots=not args.no_plots)
     print_summary(report, out)
-    return 130 if partial else 0
+    return interrupted_code if partial else 0

@@ -1,7 +1,8 @@
 """``visloc train CONFIG.yaml --data DATASET --out ARTIFACT``: train a model into an artifact folder.
 
 The config's ``task`` (default ``apr``) picks the trainer: ``visloc_core.training.<task>.train(cfg,
-data, out, args)``. Configs live in config/models/ (see docs/apr.md).
+data, out, args)``. Configs live in config/models/ (see docs/apr.md). Stopped by SIGINT (Ctrl-C) or
+SIGTERM: no artifact, the checkpoints stay for ``--resume``, exit status 130 / 143.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import importlib
 import re
 import sys
 
+from ..interrupt import Interrupted, as_interrupted
 from ..training.config import load_yaml
 from . import positive_int
 
@@ -60,7 +62,15 @@ def run(args: argparse.Namespace) -> int:
         if err.name == f"visloc_core.training.{task}":
             raise ValueError(f"{args.config}: unknown task {task!r} (no module visloc_core.training.{task})") from err
         raise
-    path = trainer.train(cfg, args.data, args.out, args)
+    try:
+        path = trainer.train(cfg, args.data, args.out, args)
+    except KeyboardInterrupt as exc:  # SIGINT / SIGTERM (visloc_core.interrupt); the CLI prints `kept`
+        exc = as_interrupted(exc)
+        if exc.kept:  # the trainer said what it kept (interrupted while fitting)
+            raise exc from None
+        kept = ("no artifact written; the checkpoints so far (if any) stay in the work folder (--work-dir, default "
+                "ARTIFACT.train): rerun the same command with --resume to continue")  # fmt: skip
+        raise Interrupted(exc.signum, kept) from None
     if path is None:
         print("training did not finish; checkpoints are kept, continue with --resume", file=sys.stderr)
         return 1

@@ -408,6 +408,8 @@ def finetune_gem(
     """
     import pytorch_lightning as pl
 
+    from ..training.fit import fit
+
     pos, neg = pose_pairs(np.asarray(T_world_cam_N44), pos_m, pos_deg, neg_m)
     anchors = np.flatnonzero(pos.any(1) & neg.any(1))
     if len(anchors) == 0:
@@ -468,7 +470,7 @@ def finetune_gem(
             enable_progress_bar=progress is not None, enable_model_summary=False,
         )  # fmt: skip
         descriptor.net.train()  # BatchNorm goes back to eval in on_train_epoch_start
-        trainer.fit(module, loader)
+        fit(trainer, module, train_dataloaders=loader)  # Ctrl-C / SIGTERM: Interrupted (map build keeps its partial)
         n_triplets += len(anchors)
     descriptor.net.eval()
     return {

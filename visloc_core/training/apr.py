@@ -5,8 +5,9 @@
 1. merges the config over training/config.DEFAULT_CONF and applies the command-line overrides;
 2. trains in a work folder ``<ARTIFACT>.train/`` (kept after training: ``checkpoints/last.ckpt``
    for ``--resume``, ``checkpoints/best.ckpt`` by ``val/score``, ``logs/csv/version_N/metrics.csv``,
-   ``logs/tensorboard/version_N``). An interrupted run (Ctrl-C) keeps its checkpoints and writes
-   no artifact; ``--resume`` continues from the last checkpoint;
+   ``logs/tensorboard/version_N``). An interrupted run (SIGINT / Ctrl-C or SIGTERM) keeps its
+   checkpoints, writes no artifact and raises visloc_core.interrupt.Interrupted; ``--resume``
+   continues from the last finished epoch;
 3. reloads the best checkpoint, measures the COVARIANCE CALIBRATION on the validation frames and
    writes the artifact folder atomically (models/apr/artifact.py).
 
@@ -42,6 +43,7 @@ from .apr_data import APRDataModule
 from .apr_module import APRModule
 from .checkpoint_io import AtomicCheckpointIO
 from .config import apr_config, override_epochs
+from .fit import fit
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +215,9 @@ def _trainer(cfg: dict, work: Path, max_epochs: int, n_batches: int) -> tuple[pl
 
 
 def train(cfg: dict, data: str | Path, out: str | Path, args: argparse.Namespace | None = None) -> Path | None:
-    """Train an APR model on dataset ``data`` and write the artifact ``out``; returns its path
-    (None when training was interrupted: checkpoints are kept for ``--resume``).
+    """Train an APR model on dataset ``data`` and write the artifact ``out``; returns its path.
+    Interrupted (SIGINT, SIGTERM): raises visloc_core.interrupt.Interrupted, checkpoints are kept for
+    ``--resume``.
 
     ``out`` and the work folder are locked for the whole run (visloc_core.atomic.output_lock): a
     second training into either fails at once instead of sharing checkpoints."""
@@ -282,10 +285,8 @@ def _train_locked(
     except MisconfigurationException as err:  # e.g. --device cuda on a machine without a GPU
         raise ValueError(f"train.device/devices/strategy/precision: {err}") from err
     t0 = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
-    if trainer.interrupted:
-        log.warning("training interrupted; checkpoints kept in %s (continue with --resume)", work / "checkpoints")
-        return None
+    # SIGINT / SIGTERM: Interrupted, no artifact; the last finished epoch's checkpoint stays for --resume
+    fit(trainer, module, last, datamodule=dm, ckpt_path=str(last) if resume else None)
     distributed = None
     if trainer.world_size > 1:  # every rank takes part in the gather, then only rank 0 goes on
         rank_work = next(c for c in trainer.callbacks if isinstance(c, _RankWork))

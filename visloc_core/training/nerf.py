@@ -53,6 +53,7 @@ from ..models.nerf.views import View, contact_sheet, load_view, render_and_score
 from .apr import check_outputs, work_dir_for
 from .apr_data import holdout_blocks
 from .config import deep_merge
+from .fit import fit
 
 log = logging.getLogger(__name__)
 
@@ -425,12 +426,8 @@ def _train_locked(cfg: dict, data: str | Path, out: Path, work: Path, args: argp
         default_root_dir=str(work),
     )
     t0, c0 = time.time(), time.process_time()
-    trainer.fit(
-        module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=str(last) if resume else None
-    )
-    if trainer.interrupted:
-        log.warning("training interrupted; checkpoints kept in %s (continue with --resume)", work / "checkpoints")
-        return None
+    fit(trainer, module, last, train_dataloaders=train_loader, val_dataloaders=val_loader,
+        ckpt_path=str(last) if resume else None)  # fmt: skip
     wall, cpu = time.time() - t0, time.process_time() - c0
     model = module.model.to("cpu").eval()
     report, sheet = evaluate_field(model, scene, cfg, work, progress=bool(t["progress_bar"]))

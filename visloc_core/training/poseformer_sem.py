@@ -59,6 +59,7 @@ from . import nerf as nerf_trainer
 from .apr_data import APRDataModule
 from .apr_module import APRModule
 from .config import apr_config, deep_merge, load_yaml
+from .fit import fit
 
 log = logging.getLogger(__name__)
 
@@ -310,10 +311,7 @@ def refine(
     except MisconfigurationException as err:
         raise ValueError(f"train.device/devices/strategy/precision: {err}") from err
     t0, c0 = time.time(), time.process_time()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
-    if trainer.interrupted:
-        log.warning("stage 3 interrupted; checkpoints kept in %s (continue with --resume)", work / "checkpoints")
-        return None
+    fit(trainer, module, last, datamodule=dm, ckpt_path=str(last) if resume else None)
     best_path = ckpt.best_model_path or str(last)
     best = torch.load(best_path, map_location="cpu", weights_only=False)
     module.load_state_dict(best["state_dict"])

@@ -38,8 +38,10 @@ from ..atomic import output_lock
 from ..data.layout import Dataset
 from ..data.torch_dataset import ImageTransform
 from ..geometry import relative_pose, rotation_angle_deg, rotation_error_deg
+from ..interrupt import Interrupted
 from ..models.relpose.checkpoint import save_relpose_net
 from ..models.relpose.net import RelPoseNet, essential_loss, merge_conf, pose_candidates, project_to_essential
+from .fit import fit
 from .relpose_pairs import PairSampling, RelPosePairDataset, sample_pairs
 
 logger = logging.getLogger(__name__)
@@ -262,13 +264,12 @@ def _train_locked(cfg: dict, data: str | Path, out: Path, args: argparse.Namespa
         deterministic=False,
     )
     t0 = time.time()
+    interrupted: Interrupted | None = None
     try:
-        trainer.fit(module, train_loader, val_loader)
-    except SystemExit:
-        # Lightning turns Ctrl-C into a graceful stop followed by sys.exit(1): keep the weights so far.
-        if not trainer.interrupted:
-            raise
-    complete = not trainer.interrupted
+        fit(trainer, module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    except Interrupted as exc:  # keep the weights so far (below), then stop as interrupted
+        interrupted = exc
+    complete = interrupted is None
     if module.best_state is not None:
         model.load_state_dict(module.best_state)
     last_val = module.history[-1] if module.history else {}
@@ -292,8 +293,8 @@ def _train_locked(cfg: dict, data: str | Path, out: Path, args: argparse.Namespa
         logger.warning("training interrupted: writing the weights so far to %s (complete: false)", out)
     save_relpose_net(model, meta, cfg, out, overwrite=overwrite)
     logger.info("wrote relative-pose network checkpoint %s", out)
-    if not complete:
-        raise KeyboardInterrupt(f"training interrupted; partial checkpoint written to {out}")
+    if interrupted is not None:
+        raise Interrupted(interrupted.signum, f"the weights so far are written to {out} (complete: false)")
     return out
 
 
