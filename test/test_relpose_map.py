@@ -13,6 +13,7 @@ from visloc_core.geometry import pose_errors
 from visloc_core.localizers import Status, load_localizer
 from visloc_core.localizers.relpose import RelposeLocalizer
 from visloc_core.localizers.relpose.mapping import build_map, load_config, merge_config
+from visloc_core.localizers.relpose.store import FeatureStore
 
 CFG = "config/models/relpose_xfeat.yaml"
 
@@ -40,13 +41,19 @@ def test_artifact_is_self_contained(xfeat_map, room):
     meta = json.loads((xfeat_map / "artifact.json").read_text())
     assert meta["kind"] == "relpose" and meta["n_keyframes"] == 16 and meta["has_depth"]
     assert meta["estimator"] == "xfeat" and meta["descriptor"] == "xfeat_vlad" and meta["descriptor_dim"] == 64 * 64
-    for name in ("config.yaml", "index.faiss", "features.npz", "keyframes.json", "descriptor/centroids.npy"):
+    for name in (
+        "config.yaml",
+        "index.faiss",
+        "features/xfeat_keypoints.npy",
+        "keyframes.json",
+        "descriptor/centroids.npy",
+    ):
         assert (xfeat_map / name).is_file(), name
     assert len(list((xfeat_map / "images").glob("*.png"))) == 16
     assert not list(xfeat_map.parent.glob(".xfeat.partial-*"))  # the temporary folder was renamed
-    with np.load(xfeat_map / "features.npz") as z:
-        assert z["0/xfeat_descriptors"].dtype == np.float16
-        n_kp = len(z["0/xfeat_keypoints"])
+    store = FeatureStore(xfeat_map)  # format 3: one memory-mapped array per cache key
+    assert store.get(0, "xfeat_descriptors").dtype == np.float16
+    n_kp = len(store.get(0, "xfeat_keypoints"))
     with np.load(xfeat_map / "points.npz") as z:  # one world point per keypoint with depth
         assert str(z["source"]) == "depth" and z["kf_offsets"][1] == n_kp and (z["track_length"] == 1).all()
 

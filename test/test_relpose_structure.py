@@ -20,6 +20,7 @@ from visloc_core.geometry.triangulation import (
     triangulation_angles_deg,
 )
 from visloc_core.localizers import Status, load_localizer
+from visloc_core.localizers.relpose.store import FeatureStore
 from visloc_core.localizers.relpose.structure import SparseModel, _tracks, sampson_distance
 
 CFG = "config/models/relpose_xfeat.yaml"
@@ -135,8 +136,7 @@ def test_triangulated_points_agree_with_the_renderers_depth(triangulated_map, ro
     ds = Dataset(room)
     fr = ds.frames("train")[0]
     depth = ds.load_depth(fr)
-    with np.load(triangulated_map / "features.npz") as z:
-        kp = z["0/xfeat_keypoints"]
+    kp = FeatureStore(triangulated_map).get(0, "xfeat_keypoints")
     ids = model.kf_point_ids[0]
     ok = ids >= 0
     T_cw = invert_T(fr.T_world_cam)

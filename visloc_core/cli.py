@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "nerf render": ("nerf_render", "render a trained radiance field at dataset or listed camera poses"),
     "map build": ("map_build", "build a retrieval map for relative-pose localization"),
     "map info": ("map_info", "what a relpose map holds: keyframes, 3D points, tracks, errors, calibration"),
+    "map update": ("map_update", "add a new recording's keyframes to a relpose map without rebuilding it"),
+    "map merge": ("map_merge", "merge two relpose maps of the same site into one"),
     "eval": ("evaluate", "evaluate an artifact on a dataset split: report.json, frames.csv, plots"),
     "replay": ("replay", "replay a bag through the real localizer node and score it"),
     "bench": ("bench", "speed and memory benchmarks, side by side with baselines"),

@@ -22,6 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("map", help="relpose map artifact folder (visloc map build)")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw the points and keyframes into this PNG")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of text")
+    parser.add_argument(
+        "--queries", nargs="+", metavar="FRAMES.csv", default=None,
+        help="coverage: also draw where the queries of these eval/replay frames.csv files were (true pose, "
+        "viewing direction) and whether they were LOCALIZED, NOT_LOCALIZED or REJECTED (needs --plot)",
+    )  # fmt: skip
 
 
 def summarize_map(artifact: Path) -> dict:
@@ -74,8 +79,40 @@ def _quantiles(x) -> dict:
             "max": float(x.max())}  # fmt: skip
 
 
-def plot_map(artifact: Path, path: Path) -> None:
-    """Top view (the two world axes with the largest spread) of points and keyframes, and histograms."""
+STATUS_STYLE = {"LOCALIZED": ("tab:green", "o"), "NOT_LOCALIZED": ("tab:orange", "s"), "REJECTED": ("tab:red", "x")}
+
+
+def read_query_outcomes(paths: list[str | Path]) -> dict[str, np.ndarray]:
+    """Status, true centre and viewing direction (+z of the camera, world) of every frame of eval /
+    replay ``frames.csv`` files (visloc_core/evaluation/report.py columns)."""
+    import csv
+
+    from ..geometry import R_from_quat_wxyz
+
+    status, c, z = [], [], []
+    for p in paths:
+        p = Path(p)
+        if not p.is_file():
+            raise FileNotFoundError(f"--queries {p}: no such file (the frames.csv of `visloc eval` or `visloc replay`)")
+        with open(p, newline="") as f:
+            rows = list(csv.DictReader(f))
+        missing = {"status", "gt_tx", "gt_qw"} - set(rows[0] if rows else {})
+        if missing:
+            raise ValueError(f"--queries {p}: not a frames.csv of visloc eval/replay (no column(s) {sorted(missing)})")
+        for r in rows:
+            t = np.array([float(r["gt_tx"]), float(r["gt_ty"]), float(r["gt_tz"])])
+            q = np.array([float(r[k]) for k in ("gt_qw", "gt_qx", "gt_qy", "gt_qz")])
+            if not (np.all(np.isfinite(t)) and np.all(np.isfinite(q))):
+                continue  # no ground truth: nowhere to draw it
+            status.append(r["status"])
+            c.append(t)
+            z.append(R_from_quat_wxyz(q)[:, 2])
+    return {"status": np.array(status), "center_N3": np.array(c).reshape(-1, 3), "dir_N3": np.array(z).reshape(-1, 3)}
+
+
+def plot_map(artifact: Path, path: Path, queries: dict[str, np.ndarray] | None = None) -> None:
+    """Top view (the two world axes with the largest spread) of points and keyframes, and histograms;
+    with ``queries`` (:func:`read_query_outcomes`), where each was and whether it localized."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,7 +135,18 @@ def plot_map(artifact: Path, path: Path) -> None:
         fig.colorbar(sc, ax=ax, label="reprojection error (px)")
     arrow = 0.03 * float(max(spread[a], spread[b], 1e-6))  # viewing directions, 3 % of the extent long
     ax.quiver(c[:, a], c[:, b], z[:, a] * arrow, z[:, b] * arrow, color="red", angles="xy", scale_units="xy", scale=1,
-              width=0.002)  # fmt: skip
+              width=0.002, label="keyframes (viewing direction)")  # fmt: skip
+    if queries is not None and len(queries["status"]):
+        qc, qz = queries["center_N3"], queries["dir_N3"]
+        for st, (colour, marker) in STATUS_STYLE.items():
+            sel = queries["status"] == st
+            if not sel.any():
+                continue
+            ax.scatter(qc[sel, a], qc[sel, b], s=14, c=colour, marker=marker, label=f"queries {st} ({int(sel.sum())})",
+                       zorder=3)  # fmt: skip
+            ax.quiver(qc[sel, a], qc[sel, b], qz[sel, a] * arrow, qz[sel, b] * arrow, color=colour, angles="xy",
+                      scale_units="xy", scale=1, width=0.002, zorder=3)  # fmt: skip
+    ax.legend(loc="best", fontsize=7)
     ax.set_xlabel(f"world {'xyz'[a]} (m)")
     ax.set_ylabel(f"world {'xyz'[b]} (m)")
     ax.set_aspect("equal")
@@ -132,8 +180,13 @@ def run(args: argparse.Namespace) -> int:
             f"{artifact} is not a map artifact (no artifact.json); build one with `visloc map build`"
         )
     info = summarize_map(artifact)
+    if args.queries and not args.plot:
+        raise ValueError("--queries draws into the plot: pass --plot FILE.png too")
     if args.plot:
-        plot_map(artifact, Path(args.plot))
+        queries = read_query_outcomes(args.queries) if args.queries else None
+        plot_map(artifact, Path(args.plot), queries)
+        if queries is not None:
+            info["queries"] = {st: int((queries["status"] == st).sum()) for st in STATUS_STYLE}
         info["plot"] = str(args.plot)
     if args.json:
         print(json.dumps(info, indent=2))

@@ -11,5 +11,6 @@ BENCHMARKS: dict[str, str] = {
     "render": "render",  # synthetic rendering frames/s at 320x240 and 640x480 (target >= 100 fps at 320x240)
     "bag": "bag",  # from-bag throughput vs a plain rosbags read of the same bag (target >= 0.5x)
     "relpose": "relpose",  # relpose localizer vs OpenCV SIFT + essential RANSAC on the same queries (target >= 10x)
-    "models": "models",  # parameter count and CPU inference time of every APR model
+    "models": "models",
+    "map": "mapscale",  # relpose map scaling 1e3..1e5 keyframes: retrieval per faiss index, query, RSS, disk  # parameter count and CPU inference time of every APR model
 }

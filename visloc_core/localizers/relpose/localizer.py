@@ -68,7 +68,10 @@ class RelposeLocalizer(Localizer):
         if self.decision_cfg.calibrate:
             self.decision_cfg = self.calibration.apply_thresholds(self.decision_cfg)
         self.descriptor = load_descriptor(self.artifact_dir / "descriptor", device)
-        self.index = DescriptorIndex.load(self.artifact_dir / "index.faiss")
+        rc = self.retrieval_cfg
+        self.index = DescriptorIndex.load(self.artifact_dir / "index.faiss", self.descriptor_matrix).configure(
+            rc.hnsw_ef_search, rc.ivf_nprobe, rc.rerank
+        )
         self.keyframes = load_keyframes(self.artifact_dir)
         if self.index.size != len(self.keyframes):
             raise ValueError(
@@ -92,9 +95,9 @@ class RelposeLocalizer(Localizer):
 
     @property
     def descriptor_matrix(self) -> np.ndarray:
-        """(K, D) global descriptors of the keyframes (descriptors.npy), loaded on first use."""
+        """(K, D) global descriptors of the keyframes (descriptors.npy, memory-mapped)."""
         if getattr(self, "_descriptor_matrix", None) is None:
-            self._descriptor_matrix = np.load(self.artifact_dir / "descriptors.npy")
+            self._descriptor_matrix = np.load(self.artifact_dir / "descriptors.npy", mmap_mode="r")
         return self._descriptor_matrix
 
     @property

@@ -9,11 +9,13 @@ Artifact folder (written to a temporary folder next to ``out``, renamed when com
       calibration.json  decision thresholds and covariance scales the map measured on its own
                         keyframes (calibration.py)
       descriptor/       global descriptor (descriptor.json + weights.pt | centroids.npy)
-      index.faiss       faiss IndexFlatIP over the keyframe descriptors (row i = keyframe i)
+      index.faiss       faiss index over the keyframe descriptors (row i = keyframe i): exact flat,
+                        or for large maps the one retrieval.index picks (retrieval.py)
       descriptors.npy   (N, D) float32, the same vectors (for inspection / re-indexing)
       keyframes.json    per keyframe: key, scene, T_world_cam (row-major 4x4), camera, relative paths
-      features.npz      per keyframe estimator caches, arrays named "<i>/<cache key>" (XFeat keypoints
-                        float32, descriptors float16)
+      features/         estimator caches of all keyframes, one .npy per cache key (XFeat keypoints
+                        float32, descriptors float16) concatenated over keyframes + offsets.npz,
+                        memory-mapped at load (store.py; format 2 maps have features.npz instead)
       points.npz        the 3D structure (structure.py): world points and each keyframe's keypoint ->
                         point links, from registered depth or triangulated from the images and poses;
                         absent for direction-only maps
@@ -47,10 +49,13 @@ from ...yaml_io import load_yaml_file
 from ..loading import check_device
 from .base import RELPOSE_ESTIMATORS, Keyframe
 from .retrieval import DescriptorIndex, RetrievalConfig
+from .store import save_feature_arrays, stored_keyframes
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: 3D points in points.npz (1: depth at the keypoints in features.npz)
+# 3: features/ (one memory-mapped array per cache key, store.py); 2: 3D points in points.npz and
+# features.npz per keyframe; 1: depth at the keypoints in features.npz. All three are read.
+FORMAT_VERSION = 3
 DEPTH_SCALE = 1000.0  # uint16 per metre in the artifact's depth PNGs
 
 # name -> module that registers it in RELPOSE_ESTIMATORS (imported on demand)
@@ -162,34 +167,77 @@ def structure_source(requested: str, ds: Dataset, frames: list[FrameRecord], est
     return "triangulate" if has_features else "none"
 
 
+def write_keyframe(folder: Path, i: int, fr: FrameRecord, ds: Dataset, size: tuple[int, int] | None,
+                   source: str) -> tuple[Keyframe, dict]:  # fmt: skip
+    """Keyframe ``i`` of a map in ``folder``: its image (and depth when the structure comes from it,
+    class map when the dataset has one) at the processing ``size``; returns it and its keyframes.json record."""
+    rgb = ds.load_rgb(fr)
+    cam = fr.camera
+    if (rgb.shape[1], rgb.shape[0]) != (cam.width, cam.height):
+        raise ValueError(f"{fr.key}: image {rgb.shape[1]}x{rgb.shape[0]} != camera {cam.width}x{cam.height}")
+    if size is not None and size != (cam.width, cam.height):
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        cam = cam.resized(*size)
+    rel = {"image": f"images/{i:06d}.png", "depth": "", "semantic": ""}
+    (folder / "images").mkdir(exist_ok=True)
+    _imwrite(folder / rel["image"], cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if fr.depth and source == "depth":
+        depth = ds.load_depth(fr)
+        if depth.shape != rgb.shape[:2]:
+            depth = cv2.resize(depth, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
+        (folder / "depth").mkdir(exist_ok=True)
+        rel["depth"] = f"depth/{i:06d}.png"
+        q = np.clip(np.round(depth * DEPTH_SCALE), 0, 65535).astype(np.uint16)
+        _imwrite(folder / rel["depth"], q)
+    if fr.semantic:
+        sem = ds.load_semantic(fr)
+        if sem.shape != rgb.shape[:2]:
+            sem = cv2.resize(sem, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
+        (folder / "semantic").mkdir(exist_ok=True)
+        rel["semantic"] = f"semantic/{i:06d}.png"
+        _imwrite(folder / rel["semantic"], sem)
+    kf = Keyframe(
+        fr.key, fr.T_world_cam.copy(), cam, str(folder / rel["image"]),
+        str(folder / rel["semantic"]) if rel["semantic"] else "",
+        str(folder / rel["depth"]) if rel["depth"] else "", DEPTH_SCALE,
+    )  # fmt: skip
+    rec = {"key": fr.key, "scene": fr.scene, "T_world_cam": kf.T_world_cam.ravel().tolist(), "camera": cam.to_dict(),
+           "stamp_ns": fr.stamp_ns, **rel}  # fmt: skip
+    return kf, rec
+
+
+def depth_at_keypoints(ds: Dataset, frames: list[FrameRecord], keyframes: list[Keyframe], feats) -> list[np.ndarray]:
+    """The dataset's depth (m) at each keyframe's keypoints, resized to the processing size."""
+    from .geometric import sample_depth
+
+    out = []
+    for fr, kf, f in zip(frames, keyframes, feats):
+        d = ds.load_depth(fr)
+        if d.shape != (kf.camera.height, kf.camera.width):
+            d = cv2.resize(d, (kf.camera.width, kf.camera.height), interpolation=cv2.INTER_NEAREST)
+        out.append(sample_depth(d, f.keypoints_N2))
+    return out
+
+
 def build_structure(source: str, cfg, estimator, keyframes: list[Keyframe], global_desc: np.ndarray, ds: Dataset,
                     frames: list[FrameRecord], progress: bool):  # fmt: skip
     """The sparse model of ``source`` for keyframes whose features the estimator has cached."""
-    from .geometric import sample_depth
     from .structure import depth_check, model_from_depth, triangulate_model
 
     feats = [estimator.keyframe_features(kf) for kf in keyframes]
     poses = np.stack([kf.T_world_cam for kf in keyframes])
     cams = [kf.camera for kf in keyframes]
 
-    def depth_at_keypoints() -> list[np.ndarray]:
-        out = []
-        for fr, kf, f in zip(frames, keyframes, feats):
-            d = ds.load_depth(fr)
-            if d.shape != (kf.camera.height, kf.camera.width):
-                d = cv2.resize(d, (kf.camera.width, kf.camera.height), interpolation=cv2.INTER_NEAREST)
-            out.append(sample_depth(d, f.keypoints_N2))
-        return out
-
     if source == "depth":
-        return model_from_depth([f.keypoints_N2 for f in feats], depth_at_keypoints(), poses, cams)
+        return model_from_depth([f.keypoints_N2 for f in feats], depth_at_keypoints(ds, frames, keyframes, feats),
+                                poses, cams)  # fmt: skip
     model = triangulate_model(
         [f.keypoints_N2 for f in feats], poses, cams, lambda i, j: estimator.match(feats[i], feats[j]), global_desc,
         cfg, progress=(lambda it, n, desc: _progress(it, n, desc, True)) if progress else None,
     )  # fmt: skip
     if bool(ds.manifest.get("depth_registered", True)) and all(fr.depth for fr in frames):
         # The dataset has registered depth that the map does not use: measure the model against it.
-        model.stats["depth_check"] = depth_check(model, poses, depth_at_keypoints())
+        model.stats["depth_check"] = depth_check(model, poses, depth_at_keypoints(ds, frames, keyframes, feats))
         log.info("triangulated points vs the dataset's depth: %s", model.stats["depth_check"])
     return model
 
@@ -258,38 +306,9 @@ def build_map(
         keyframes: list[Keyframe] = []
         records = []
         for i, fr in enumerate(_progress(frames, len(frames), "keyframes", progress)):
-            rgb = ds.load_rgb(fr)
-            cam = fr.camera
-            if (rgb.shape[1], rgb.shape[0]) != (cam.width, cam.height):
-                raise ValueError(f"{fr.key}: image {rgb.shape[1]}x{rgb.shape[0]} != camera {cam.width}x{cam.height}")
-            if size is not None and size != (cam.width, cam.height):
-                rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-                cam = cam.resized(*size)
-            rel = {"image": f"images/{i:06d}.png", "depth": "", "semantic": ""}
-            _imwrite(tmp / rel["image"], cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-            if fr.depth and source == "depth":
-                depth = ds.load_depth(fr)
-                if depth.shape != rgb.shape[:2]:
-                    depth = cv2.resize(depth, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
-                (tmp / "depth").mkdir(exist_ok=True)
-                rel["depth"] = f"depth/{i:06d}.png"
-                q = np.clip(np.round(depth * DEPTH_SCALE), 0, 65535).astype(np.uint16)
-                _imwrite(tmp / rel["depth"], q)
-            if fr.semantic:
-                sem = ds.load_semantic(fr)
-                if sem.shape != rgb.shape[:2]:
-                    sem = cv2.resize(sem, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
-                (tmp / "semantic").mkdir(exist_ok=True)
-                rel["semantic"] = f"semantic/{i:06d}.png"
-                _imwrite(tmp / rel["semantic"], sem)
-            kf = Keyframe(
-                fr.key, fr.T_world_cam.copy(), cam, str(tmp / rel["image"]),
-                str(tmp / rel["semantic"]) if rel["semantic"] else "",
-                str(tmp / rel["depth"]) if rel["depth"] else "", DEPTH_SCALE,
-            )  # fmt: skip
+            kf, rec = write_keyframe(tmp, i, fr, ds, size, source)
             keyframes.append(kf)
-            records.append({"key": fr.key, "scene": fr.scene, "T_world_cam": kf.T_world_cam.ravel().tolist(),
-                            "camera": cam.to_dict(), "stamp_ns": fr.stamp_ns, **rel})  # fmt: skip
+            records.append(rec)
 
         def _images(idx):
             for k in idx:
@@ -316,24 +335,18 @@ def build_map(
             ]
         )
         descriptor.save(tmp / "descriptor")
-        DescriptorIndex(desc).save(tmp / "index.faiss")
+        rcfg = RetrievalConfig.from_dict(cfg["retrieval"])
+        DescriptorIndex(desc, rcfg.index_kind(len(desc))).save(tmp / "index.faiss")
         np.save(tmp / "descriptors.npy", desc.astype(np.float32))
 
         # 3. local features (estimator caches) of every keyframe
         t0 = time.perf_counter()
-        arrays: dict[str, np.ndarray] = {}
         for i, img in enumerate(_progress(_images(range(len(keyframes))), len(keyframes), "local features", progress)):
-            kf = keyframes[i]
-            estimator.prepare_keyframe(kf, img)
-            for k, v in kf.cache.items():
-                if k.startswith("_"):  # run-time memos, not map content
-                    continue
-                arr = np.asarray(v)
-                if arr.dtype == object:
-                    raise TypeError(f"estimator cache entry {k!r} is not a numeric array; store arrays only")
-                arrays[f"{i}/{k}"] = arr
+            estimator.prepare_keyframe(keyframes[i], img)
         stats["features_seconds"] = time.perf_counter() - t0
-        np.savez(tmp / "features.npz", **arrays)
+        # run-time memos ("_" keys) are not map content
+        save_feature_arrays(tmp / "features", [{k: v for k, v in kf.cache.items() if not k.startswith("_")}
+                                               for kf in keyframes])  # fmt: skip
 
         # 3b. the 3D structure: registered depth at the keypoints, or triangulated from images + poses
         if source != "none":
@@ -372,23 +385,27 @@ def build_map(
             "created_unix": time.time(),
             "stats": stats,
         }
-        meta["files"] = file_digests(tmp)  # checked at load (visloc_core.integrity)
-        (tmp / "artifact.json").write_text(json.dumps(meta, indent=2))
-
-        # 6. the map calibrates itself: its keyframes localized against the rest (calibration.py)
-        if calibration_cfg.enabled and len(keyframes) >= 3 and cfg["estimator"]["name"] != "learned":
-            from ..loading import load_localizer  # by kind, not `.localizer`: that module imports this one
-            from .calibration import calibrate
-
-            cal = calibrate(load_localizer(tmp, device), calibration_cfg, progress)
-            cal.save(tmp / "calibration.json")
-            meta["calibration"] = {k: v for k, v in cal.__dict__.items() if k != "stats"} | {
-                "seconds": cal.stats["seconds"]
-            }
-            meta["files"] = file_digests(tmp)  # again, with calibration.json
-            (tmp / "artifact.json").write_text(json.dumps(meta, indent=2))
+        finish_map(tmp, meta, calibration_cfg, device, progress)
     log.info("map written to %s (%d keyframes)", out, len(keyframes))
     return out
+
+
+def finish_map(folder: Path, meta: dict, calibration_cfg, device: str, progress: bool) -> None:
+    """Write artifact.json with the sha256 of every file, after the map calibrates itself: its
+    keyframes localized against the rest (calibration.py; ``meta["estimator"]`` learned: not run)."""
+    meta["files"] = file_digests(folder)  # checked at load (visloc_core.integrity)
+    (folder / "artifact.json").write_text(json.dumps(meta, indent=2))
+    if calibration_cfg.enabled and meta["n_keyframes"] >= 3 and meta["estimator"] != "learned":
+        from ..loading import load_localizer  # by kind, not `.localizer`: that module imports this one
+        from .calibration import calibrate
+
+        cal = calibrate(load_localizer(folder, device), calibration_cfg, progress)
+        cal.save(folder / "calibration.json")
+        meta["calibration"] = {k: v for k, v in cal.__dict__.items() if k != "stats"} | {
+            "seconds": cal.stats["seconds"]
+        }
+        meta["files"] = file_digests(folder)  # again, with calibration.json
+        (folder / "artifact.json").write_text(json.dumps(meta, indent=2))
 
 
 REBUILD = "rebuild the map with `visloc map build` (or restore it from a copy)"
@@ -400,14 +417,26 @@ def check_map_integrity(artifact_dir: Path, meta: dict) -> None:
     verify_files(artifact_dir, meta, REBUILD)
 
 
-def load_keyframes(artifact_dir: Path) -> list[Keyframe]:
+def load_keyframes(artifact_dir: Path, lazy: bool = True) -> list[Keyframe]:
     """Keyframes of a map artifact with their estimator caches (paths resolved in the artifact) and
-    3D points (``points.npz``; maps of format 1 kept depth at the keypoints, lifted here)."""
+    3D points (``points.npz``; maps of format 1 kept depth at the keypoints, lifted here).
+
+    ``lazy`` (default): caches and points are read from the memory-mapped map files when a keyframe
+    is used (store.py), so memory does not grow with the map; ``lazy=False`` reads everything now."""
     from .structure import SparseModel, model_from_depth
 
     recs = json.loads((artifact_dir / "keyframes.json").read_text())
     if not isinstance(recs, list) or not recs:
         raise ArtifactError(f"{artifact_dir / 'keyframes.json'} lists no keyframes: {REBUILD}")
+    model = None
+    if (artifact_dir / "points.npz").is_file():
+        model = SparseModel.load(artifact_dir / "points.npz", mmap=lazy)
+        if len(model.kf_point_ids) != len(recs):
+            raise ValueError(
+                f"{artifact_dir}/points.npz links {len(model.kf_point_ids)} keyframes, map has {len(recs)}"
+            )
+    if lazy and (model is not None or not (artifact_dir / "features.npz").is_file()):
+        return stored_keyframes(artifact_dir, recs, model, DEPTH_SCALE)
     kfs = []
     for r in recs:
         kfs.append(
@@ -421,18 +450,14 @@ def load_keyframes(artifact_dir: Path) -> list[Keyframe]:
                 DEPTH_SCALE,
             )
         )
-    with np.load(artifact_dir / "features.npz") as z:
-        for name in z.files:
-            i, k = name.split("/", 1)
-            kfs[int(i)].cache[k] = z[name]
-    model = None
-    if (artifact_dir / "points.npz").is_file():
-        model = SparseModel.load(artifact_dir / "points.npz")
-        if len(model.kf_point_ids) != len(kfs):
-            raise ValueError(f"{artifact_dir}/points.npz links {len(model.kf_point_ids)} keyframes, map has {len(kfs)}")
-    else:
+    from .store import FeatureStore
+
+    store = FeatureStore(artifact_dir)
+    for i, kf in enumerate(kfs):
+        kf.cache.update({k: np.array(store.get(i, k)) for k in store.keyframe_keys(i)})
+    if model is None:
         legacy = [k for k in kfs[0].cache if k.endswith("_depth")] if kfs else []
-        if legacy:  # format 1: "<estimator>_depth" at each keypoint
+        if legacy:  # format 1: "<estimator>_depth" at each keypoint (small maps: read eagerly)
             prefix = legacy[0][: -len("depth")]
             model = model_from_depth(
                 [kf.cache[f"{prefix}keypoints"] for kf in kfs], [kf.cache[legacy[0]] for kf in kfs],

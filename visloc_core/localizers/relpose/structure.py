@@ -86,6 +86,24 @@ class StructureConfig(ConfigSection):
             raise ValueError("structure.min_track_length must be >= 2 (one view does not fix a point)")
 
 
+class _Slices(Sequence):
+    """``flat[off[k] : off[k + 1]]`` for k in range(len(off) - 1), without making the list."""
+
+    def __init__(self, flat: np.ndarray, off: np.ndarray) -> None:
+        self.flat, self.off = flat, off
+
+    def __len__(self) -> int:
+        return len(self.off) - 1
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        if not -len(self) <= k < len(self):
+            raise IndexError(k)
+        k %= len(self)
+        return np.asarray(self.flat[self.off[k] : self.off[k + 1]])
+
+
 @dataclass
 class SparseModel:
     """World points and the keypoint -> point links of every keyframe (see the module docstring)."""
@@ -125,7 +143,15 @@ class SparseModel:
         )
 
     @classmethod
-    def load(cls, path: Path) -> SparseModel:
+    def load(cls, path: Path, mmap: bool = False) -> SparseModel:
+        """Read ``points.npz``; ``mmap``: points and links stay memory-mapped (float32 points,
+        returned by :meth:`keyframe_points` as float64 like the eager load)."""
+        if mmap:
+            from .store import npz_memmap
+
+            z = npz_memmap(path)
+            return cls(str(np.asarray(z["source"])), z["xyz"], z["track_length"], z["error_px"], z["angle_deg"],
+                       _Slices(z["kf_point_ids"], np.asarray(z["kf_offsets"])))  # fmt: skip
         with np.load(path) as z:
             off = z["kf_offsets"]
             flat = z["kf_point_ids"]
