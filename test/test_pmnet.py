@@ -1,0 +1,155 @@
+"""PMNet / PoseMap (paper 001) against references: the PoseMap of a slab field equals the closed form
+of eq. 3-4 (a constant feature behind a slab of density sigma and metric thickness L renders as
+f (1 - exp(-sigma L))); NeRF-P's stage 2 leaves every main weight and the density grid bit-identical
+while the pose branch and decoder learn to decode the training poses; RVS perturbations stay within
+the paper's bounds and fill them; L_posemap is zero at identical poses."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from visloc_core.geometry import R_from_rotvec, T_from_R_t, rotvec_from_R
+from visloc_core.models.nerf.posemap import (
+    PoseDecoder,
+    posemap_cosine_loss,
+    posemap_pixels,
+    render_posemap,
+)
+from visloc_core.models.nerf.render import render_rays
+from visloc_core.models.nerf.scene import RadianceField
+from visloc_core.training.nerf_p import NERF_P_DEFAULTS, add_pose_branch, decoder_errors, train_pose_branch
+from visloc_core.training.rvs import perturb_poses
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+TINY_FIELD = {
+    "hash_grid": {"n_levels": 4, "log2_table_size": 10, "max_resolution": 32},
+    "trunk_width": 16,
+    "head_width": 16,
+    "background": False,
+}
+TINY_SAMPLING = {"n_coarse": 16, "n_importance": 8, "n_uniform": 4, "n_depth": 0, "grid_resolution": 8}
+
+
+class SlabPoseField(nn.Module):
+    """Density sigma0 for z0 <= world z <= z1, 0 elsewhere; pose feature f0 everywhere."""
+
+    def __init__(self, z0: float, z1: float, sigma0: float, f0: torch.Tensor) -> None:
+        super().__init__()
+        self.z0, self.z1, self.sigma0, self.f0 = z0, z1, sigma0, f0
+
+    def forward(self, x, d):
+        inside = (x[:, 2] >= self.z0) & (x[:, 2] <= self.z1)
+        sigma = torch.where(inside, torch.full_like(x[:, 2], self.sigma0), torch.zeros_like(x[:, 2]))
+        return {"sigma": sigma, "rgb": torch.zeros_like(x), "pose_feature": self.f0.expand(x.shape[0], -1)}
+
+
+class SlabScene:
+    """The RadianceField interface render_posemap uses, over fixed bins t in [0, 4] (32 intervals,
+    so the slab's faces at t = 2 and 3 are interval edges and the piecewise-constant weights are exact)."""
+
+    def __init__(self, field: nn.Module) -> None:
+        self.field_module = field
+        self.field = SimpleNamespace(pose_branch=True)
+        self.aabb = torch.tensor([[-5.0, -5.0, -5.0], [5.0, 5.0, 5.0]], dtype=torch.float64)
+
+    def render_rays(self, o, d):
+        bins = torch.linspace(0.0, 4.0, 33, dtype=o.dtype).expand(o.shape[0], 33)
+        return render_rays(self.field_module, o, d, bins)
+
+
+def test_posemap_of_a_slab_equals_the_closed_form_of_eq_3_4():
+    f0 = torch.tensor([0.5, -2.0, 3.0], dtype=torch.float64)
+    sigma0, width, height, s = 1.7, 64, 48, 16
+    scene = SlabScene(SlabPoseField(2.0, 3.0, sigma0, f0))
+    K = torch.tensor([[40.0, 0, 31.5], [0, 40.0, 23.5], [0, 0, 1]], dtype=torch.float64)
+    T = torch.eye(4, dtype=torch.float64)[None]  # camera at the origin looking along world +z
+    pm = render_posemap(scene, T, K[None], width, height, s)
+    uv = posemap_pixels(width, height, s, dtype=torch.float64)
+    assert pm.shape == (1, (width // s) * (height // s), 3)
+    # block (r, c) centre (c s + 7.5, r s + 7.5): the first and the last block
+    assert uv[0].tolist() == [7.5, 7.5] and uv[-1].tolist() == [width - 8.5, height - 8.5]
+    for i, (u, v) in enumerate(uv.tolist()):
+        length = math.sqrt(((u - 31.5) / 40) ** 2 + ((v - 23.5) / 40) ** 2 + 1.0)  # metric |d| per unit t
+        ref = f0 * (1.0 - math.exp(-sigma0 * length))
+        assert torch.allclose(pm[0, i], ref, rtol=1e-9, atol=1e-12)
+
+
+def test_posemap_cosine_loss_is_zero_for_identical_maps_and_two_for_opposite():
+    a = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0))
+    assert float(posemap_cosine_loss(a, a)) == pytest.approx(0.0, abs=1e-6)
+    assert float(posemap_cosine_loss(a, -a)) == pytest.approx(2.0, abs=1e-6)
+    assert float(posemap_cosine_loss(a, 3.0 * a)) == pytest.approx(0.0, abs=1e-6)  # scale-free
+
+
+def test_rvs_perturbations_respect_and_fill_the_paper_bounds():
+    rng = np.random.default_rng(0)
+    T0 = np.stack([T_from_R_t(R_from_rotvec(rng.normal(size=3)), rng.normal(size=3)) for _ in range(400)])
+    for max_t, max_r in ((0.2, 10.0), (3.0, 7.5)):  # paper 001: indoor, outdoor
+        T, dt, ang = perturb_poses(T0, max_t, max_r, rng)
+        assert np.allclose(T[:, :3, 3] - T0[:, :3, 3], dt)
+        assert np.abs(dt).max() <= max_t and np.abs(ang).max() <= max_r
+        # uniform per axis: the extremes are reached (400 draws: P(max < 0.95 bound) = 0.975^1200 ~ 0)
+        assert np.abs(dt).max(axis=0).min() > 0.95 * max_t and np.abs(ang).max(axis=0).min() > 0.95 * max_r
+        assert abs(float(np.mean(dt))) < 0.1 * max_t  # centred
+        # the relative rotation is R_x(a) R_y(b) R_z(c) in the camera frame: its angle is at most the sum
+        dR = np.swapaxes(T0[:, :3, :3], 1, 2) @ T[:, :3, :3]
+        angle = np.rad2deg(np.linalg.norm(rotvec_from_R(dR), axis=1))
+        assert np.all(angle <= np.abs(ang).sum(axis=1) + 1e-6)
+        Rx = np.stack([R_from_rotvec(np.array([np.deg2rad(a), 0, 0])) for a in ang[:5, 0]])
+        Ry = np.stack([R_from_rotvec(np.array([0, np.deg2rad(a), 0])) for a in ang[:5, 1]])
+        Rz = np.stack([R_from_rotvec(np.array([0, 0, np.deg2rad(a)])) for a in ang[:5, 2]])
+        assert np.allclose(dR[:5], Rx @ Ry @ Rz, atol=1e-12)
+
+
+def _ring_poses(n: int) -> np.ndarray:
+    out = []
+    for a in np.linspace(0, 2 * np.pi, n, endpoint=False):
+        R = R_from_rotvec(np.array([0.0, a, 0.0])) @ R_from_rotvec(np.array([-np.pi / 2, 0, 0]))
+        out.append(T_from_R_t(R, np.array([0.6 * np.cos(a), 0.6 * np.sin(a), 1.0])))
+    return np.stack(out)
+
+
+def test_nerf_p_stage_freezes_the_field_and_decodes_training_poses():
+    torch.manual_seed(0)
+    base = RadianceField(TINY_FIELD, TINY_SAMPLING, [[-2.0, -2.0, 0.0], [2.0, 2.0, 2.0]], n_classes=3)
+    with torch.no_grad():  # a field with structure: random tables of a large magnitude, opaque
+        for p in base.field.encoding.parameters():
+            p.uniform_(-20.0, 20.0)
+        base.field.trunk.out.bias[0] = 3.0
+    field = add_pose_branch(base, 8)
+    before = {k: v.clone() for k, v in field.state_dict().items()}
+    trainable = {n for n, p in field.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("field.pose_branch.") for n in trainable)
+    cfg = {
+        "posemap": {"feature_dim": 8, "downsample": 8, "image_width": 32, "image_height": 24},
+        "train": {**NERF_P_DEFAULTS["train"], "steps": 120, "batch_size": 6, "lr": 1e-2, "rvs_fraction": 0.0,
+                  "progress_bar": False},
+    }  # fmt: skip
+    T = _ring_poses(6)
+    K = np.array([[20.0, 0, 15.5], [0, 20.0, 11.5], [0, 0, 1]])
+    decoder = PoseDecoder(4 * 3, 8, [64, 32], field.aabb.tolist())
+    T_t = torch.as_tensor(T, dtype=torch.float32)
+    K_t = torch.as_tensor(K, dtype=torch.float32).expand(6, 3, 3)
+    with torch.no_grad():
+        err0 = decoder_errors(decoder, render_posemap(field, T_t, K_t, 32, 24, 8), T_t)
+    losses = train_pose_branch(field, decoder, T, K, cfg)
+    after = field.state_dict()
+    for k, v in before.items():
+        if k.startswith("field.pose_branch."):
+            assert not torch.equal(v, after[k]), f"{k} did not train"
+        else:
+            assert torch.equal(v, after[k]), f"{k} changed although frozen"
+    with torch.no_grad():
+        err = decoder_errors(decoder, render_posemap(field, T_t, K_t, 32, 24, 8), T_t)
+    assert np.mean(losses[-10:]) < 0.1 * np.mean(losses[:10])
+    # the 6 poses are 0.6 m apart at least and 60 deg apart: decoding must be far finer than that
+    assert err["median_translation_m"] < 0.1 and err["median_rotation_deg"] < 10.0, (err0, err)
