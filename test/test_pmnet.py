@@ -153,3 +153,125 @@ def test_nerf_p_stage_freezes_the_field_and_decodes_training_poses():
     assert np.mean(losses[-10:]) < 0.1 * np.mean(losses[:10])
     # the 6 poses are 0.6 m apart at least and 60 deg apart: decoding must be far finer than that
     assert err["median_translation_m"] < 0.1 and err["median_rotation_deg"] < 10.0, (err0, err)
+
+
+# ------------------------------------------------------------------------------------- PMNet
+def test_image_triplet_loss_against_its_formula():
+    from visloc_core.training.pmnet import feature_distance, image_triplet_loss
+
+    g = torch.Generator().manual_seed(1)
+    real, rend = torch.randn(3, 4, 2, 5, generator=g), torch.randn(3, 4, 2, 5, generator=g)
+    r, q = real.numpy().astype(np.float64), rend.numpy().astype(np.float64)
+
+    def dist(a, b):  # mean over cells of 1 - cosine of the channel vectors
+        cos = (a * b).sum(0) / (np.linalg.norm(a, axis=0) * np.linalg.norm(b, axis=0))
+        return float(np.mean(1.0 - cos))
+
+    d_pos = [dist(r[i], q[i]) for i in range(3)]
+    d_neg = [dist(r[i], q[(i - 1) % 3]) for i in range(3)]  # the rendered view of another frame
+    ref = np.mean([max(0.0, p - n + 0.5) for p, n in zip(d_pos, d_neg, strict=True)])
+    assert np.allclose(feature_distance(real, rend).numpy(), d_pos, atol=1e-6)
+    assert float(image_triplet_loss(real, rend, 0.5)) == pytest.approx(ref, abs=1e-6)
+    assert float(image_triplet_loss(real[:1], rend[:1], 0.5)) == pytest.approx(d_pos[0], abs=1e-6)  # no negative
+
+
+TINY_NERF = {
+    "task": "nerf",
+    "field": {"hash_grid": {"n_levels": 4, "log2_table_size": 12, "max_resolution": 64}, "trunk_width": 16,
+              "head_width": 16},
+    "sampling": {"n_coarse": 32, "n_importance": 8, "n_uniform": 4, "n_depth": 4, "grid_resolution": 16},
+    "data": {"image_width": 24, "image_height": 18, "val_fraction": 0.2, "val_block": 2},
+    "train": {"epochs": 1, "steps_per_epoch": 5, "rays_per_batch": 128, "val_views": 1, "progress_bar": False},
+    "eval": {"image_width": 12, "image_height": 9, "max_views": 2, "sheet_views": 1, "test_condition": None},
+}  # fmt: skip
+TINY_NERF_P = {
+    "task": "nerf_p",
+    "field": {"config": "nerf.yaml"},
+    "posemap": {"feature_dim": 8, "downsample": 8, "decoder_hidden": [32, 16], "image_width": 48, "image_height": 36},
+    "train": {"steps": 20, "batch_size": 4, "val_fraction": 0.2, "val_block": 2, "progress_bar": False},
+}
+TINY_PMNET = {
+    "task": "pmnet",
+    "pmnet": {"nerf_p": {"config": "nerf_p.yaml"}, "rvs": {"views_per_frame": 2}},
+    "model": {"name": "pmnet", "backbone": "mobilenet_v2", "pretrained": False, "feature_dim": 32,
+              "image_feature_level": 8},
+    "loss": {"name": "learned_weight"},
+    "data": {"image_width": 48, "image_height": 36, "batch_size": 4, "val_fraction": 0.2, "val_block": 2,
+             "augment": {"crop": "center", "scale_jitter": 0.0}},
+    "train": {"epochs": 1, "lr": 1.0e-3, "progress_bar": False},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pmnet_run(tmp_path_factory):
+    import yaml
+    from nerf_scene import make_room_dataset
+
+    from visloc_core.cli import main as visloc
+
+    root = tmp_path_factory.mktemp("pmnet")
+    data = make_room_dataset(root / "room", n_frames=16, width=48, height=36)
+    for name, cfg in (("nerf.yaml", TINY_NERF), ("nerf_p.yaml", TINY_NERF_P), ("pmnet.yaml", TINY_PMNET)):
+        (root / name).write_text(yaml.safe_dump(cfg))
+    assert visloc(["train", str(root / "pmnet.yaml"), "--data", str(data), "--out", str(root / "pm")]) == 0
+    return root, data
+
+
+def test_pmnet_trains_all_four_terms_and_its_artifact_is_served_like_every_apr_model(pmnet_run):
+    import csv
+    import json
+
+    from visloc_core.data.layout import Dataset
+    from visloc_core.localizers import load_localizer
+    from visloc_core.models.apr.artifact import load_apr_artifact
+
+    root, data = pmnet_run
+    meta = json.loads((root / "pm" / "artifact.json").read_text())
+    assert meta["model"] == "pmnet" and meta["training"]["pmnet"]["pool"]["renders"] == 12 * 3
+    rows = list(csv.DictReader((root / "pm" / "metrics.csv").open()))
+    for term in ("pose_loss", "image_loss", "posemap_loss", "rvs_loss"):
+        values = [float(r[f"train/{term}"]) for r in rows if r.get(f"train/{term}")]
+        assert values and all(math.isfinite(v) for v in values), term
+    # the NeRF-P stage kept the field's main weights: compare with the field it was built on
+    from visloc_core.models.nerf.artifact import load_nerf_p, load_radiance_field
+
+    field_p, _, _ = load_nerf_p(root / "pm.train" / "nerf_p")
+    field0, _ = load_radiance_field(root / "pm.train" / "nerf_p.train" / "field")
+    s0, s1 = field0.state_dict(), field_p.state_dict()
+    assert all(torch.equal(v, s1[k]) for k, v in s0.items())
+    assert any(k.startswith("field.pose_branch.") for k in s1) and not any("pose_branch" in k for k in s0)
+    # served by load_localizer; reloads to identical predictions (the network alone, no field)
+    loc = load_localizer(root / "pm")
+    frame = Dataset(data).frames("test")[0]
+    rgb = Dataset(data).load_rgb(frame)
+    a = loc.localize(rgb, frame.camera, frame.stamp_ns)
+    b = load_localizer(root / "pm").localize(rgb, frame.camera, frame.stamp_ns)
+    assert a.method == "apr/pmnet" and np.array_equal(a.T_world_cam, b.T_world_cam)
+    art = load_apr_artifact(root / "pm")
+    assert not any(n.startswith("field") for n, _ in art.model.named_parameters())
+
+
+def test_posemap_loss_reaches_the_regressor_only_through_the_predicted_pose(pmnet_run):
+    from visloc_core.models.nerf.artifact import load_nerf_p
+    from visloc_core.training.apr_data import APRDataModule
+    from visloc_core.training.config import apr_config
+    from visloc_core.training.pmnet import PMNetModule, pmnet_config
+
+    root, data = pmnet_run
+    apr, pm = pmnet_config(TINY_PMNET)
+    pm["losses"] = {"pose": 0.0, "image": 0.0, "posemap": 1.0, "rvs": 0.0}
+    field, _, _ = load_nerf_p(root / "pm.train" / "nerf_p")
+    pool = torch.load(root / "pm.train" / "pool.pt", weights_only=False)
+    dm = APRDataModule(apr_config(apr), str(data))
+    torch.manual_seed(0)
+    module = PMNetModule(apr, [s.to_json() for s in dm.scenes], pm, field, pool, 8)
+    module.apply_stage(0)
+    batch = next(iter(dm.train_dataloader()))
+    module.log = lambda *a, **k: None  # outside a Trainer
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    assert float(loss.detach()) > 0
+    assert module.model.head_position.weight.grad.abs().sum() > 0  # through T_pred -> rays -> PoseMap
+    assert module.model.head_orientation.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in module.field.parameters())  # the teacher is frozen
+    assert all(p.grad is None or not p.grad.any() for p in module.loss.parameters())  # no L_pose: s_x, s_q still
