@@ -275,3 +275,22 @@ def test_posemap_loss_reaches_the_regressor_only_through_the_predicted_pose(pmne
     assert module.model.head_orientation.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in module.field.parameters())  # the teacher is frozen
     assert all(p.grad is None or not p.grad.any() for p in module.loss.parameters())  # no L_pose: s_x, s_q still
+
+
+def test_committed_configs_are_valid_and_keep_the_paper_sizes():
+    from visloc_core.training.config import load_yaml
+    from visloc_core.training.nerf_p import nerf_p_config
+    from visloc_core.training.pmnet import pmnet_config
+
+    root = Path(__file__).resolve().parents[1] / "config" / "models"
+    npc = nerf_p_config(load_yaml(root / "nerf_p.yaml"))
+    assert npc["posemap"]["feature_dim"] == 256 and npc["posemap"]["downsample"] == 16
+    assert npc["posemap"]["decoder_hidden"] == [1536, 256, 128]
+    apr, pm = pmnet_config(load_yaml(root / "pmnet.yaml"))
+    assert apr["model"]["name"] == "pmnet" and apr["train"]["lr"] == 1.0e-4  # paper: Adam 1e-4
+    assert pm["losses"] == {"pose": 1.0, "image": 1.0, "posemap": 1.0, "rvs": 1.0}
+    assert (pm["rvs"]["max_translation_m"], pm["rvs"]["max_rotation_deg"]) == (0.2, 10.0)
+    bad = load_yaml(root / "pmnet.yaml")
+    bad["data"]["augment"]["crop"] = "random"
+    with pytest.raises(ValueError, match="crop: center"):
+        pmnet_config(bad)
