@@ -32,6 +32,7 @@ MODEL_MODULES: dict[str, str] = {
     "hyperpose": "visloc_core.models.apr.hyperpose",
     "ms_hyperpose": "visloc_core.models.apr.ms_hyperpose",
     "mvl_loc": "visloc_core.models.apr.mvl_loc",
+    "pmnet": "visloc_core.models.apr.pmnet",
 }
 
 

@@ -253,8 +253,19 @@ def _launched_as_secondary_rank() -> bool:
 
 
 def _train_locked(
-    cfg: dict, data: str | Path, out: Path, work: Path, args: argparse.Namespace, secondary: bool = False
+    cfg: dict,
+    data: str | Path,
+    out: Path,
+    work: Path,
+    args: argparse.Namespace,
+    secondary: bool = False,
+    make_module=APRModule,
+    extra_files: dict[str, Path] | None = None,
+    extra_training: dict | None = None,
 ) -> Path | None:
+    """``make_module(cfg, scenes_json)``: the Lightning module (an APRModule; trainers with other
+    losses, e.g. PMNet's, pass their subclass); ``extra_files`` / ``extra_training``: copied into the
+    artifact / its training record."""
     cfg = apr_config(cfg)
     if getattr(args, "device", None):
         cfg["train"]["device"] = args.device
@@ -270,11 +281,11 @@ def _train_locked(
 
     pl.seed_everything(int(cfg["train"]["seed"]), workers=True)
     dm = APRDataModule(cfg, str(data))
-    module = APRModule(cfg, [s.to_json() for s in dm.scenes])
+    module = make_module(cfg, [s.to_json() for s in dm.scenes])
     if resume:
         # Normalisation and regions must be those the checkpoint was trained with.
         saved = torch.load(last, map_location="cpu", weights_only=False)["hyper_parameters"]["scenes"]
-        module = APRModule(cfg, saved)
+        module = make_module(cfg, saved)
         scenes = [SceneStats.from_json(s) for s in saved]
     else:
         scenes = dm.scenes
@@ -370,6 +381,8 @@ def _train_locked(
     }
     if distributed is not None:
         training["distributed"] = distributed
+    training.update(extra_training or {})
+    extra.update(extra_files or {})
     csv_logger = trainer.loggers[0]
     extra["metrics.csv"] = Path(csv_logger.log_dir) / "metrics.csv"
     path = write_apr_artifact(

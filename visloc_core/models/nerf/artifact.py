@@ -102,3 +102,24 @@ def load_radiance_field(path: str | Path, device: str = "cpu") -> tuple[Radiance
             f"{weights} does not fit the field in artifact.json: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return model.to(device).eval(), meta
+
+
+def load_nerf_p(path: str | Path, device: str = "cpu"):
+    """A NeRF-P artifact (training/nerf_p.py): (field with its pose branch, PoseDecoder, metadata),
+    both in eval mode on ``device``. A plain NeRF artifact (no pose branch) is refused with what to do."""
+    from .posemap import PoseDecoder
+
+    model, meta = load_radiance_field(path, device)
+    dec = meta.get("pose_decoder")
+    if model.field.pose_branch is None or not dec:
+        raise ValueError(
+            f"{path} is a radiance field without a pose branch; train NeRF-P on it first "
+            "(`visloc train config/models/nerf_p.yaml` with field.artifact set to it)"
+        )
+    decoder = PoseDecoder(int(dec["n_cells"]), int(dec["feature_dim"]), list(dec["hidden"]), meta["aabb"])
+    weights = Path(path) / dec.get("weights", "pose_decoder.pt")
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    missing, unexpected = decoder.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ArtifactError(f"{weights} does not fit the decoder in artifact.json: missing {missing[:5]}")
+    return model, decoder.to(device).eval(), meta
