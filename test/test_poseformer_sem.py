@@ -159,7 +159,10 @@ def test_three_stages_end_to_end_into_an_apr_artifact(room, tmp_path):
     ds = Dataset(room)
     frame = ds.frames("test")[0]
     res = loc.localize(ds.load_rgb(frame), frame.camera, frame.stamp_ns)
-    assert np.all(np.isfinite(res.T_world_cam))
+    # a 1-epoch model is refused by the publish rule (localizers/precision_class.py, tested in
+    # test_apr_decision.py); the pipeline must still give a finite pose, kept with the refusal
+    T_world_cam = np.asarray(res.extras.get("T_world_cam_refused", res.T_world_cam), dtype=float)
+    assert np.all(np.isfinite(T_world_cam)), res.status
     # rerunning with --resume redoes nothing of the finished stages
     assert (
         visloc(
