@@ -9,7 +9,6 @@ the parameter file given, the lifecycle states the node reports, and the exit co
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import signal
 import subprocess
@@ -29,13 +28,8 @@ from visloc_ros import conversions as conv
 NO_LAUNCH = ros_src_skip_reason("launch", "launch_ros", "ros2launch", "ros2cli")
 pytestmark = pytest.mark.skipif(NO_LAUNCH is not None, reason=NO_LAUNCH or "")
 # `ros2 lifecycle` and `ros2 service` import rosidl_runtime_py (ros2/rosidl_runtime_py), which is neither on
-# PyPI nor in ros-src: those two CLI verbs are run where it exists; the same services are called below
-# through rclpy in every case.
-NO_ROSIDL_RUNTIME_PY = (
-    None
-    if importlib.util.find_spec("rosidl_runtime_py")
-    else "`ros2 lifecycle` / `ros2 service` need rosidl_runtime_py, which is neither on PyPI nor in ros-src"
-)
+# PyPI nor in ros-src, so those two CLI verbs cannot run here (a test of them could only skip); the same
+# lifecycle and /relocalize services are called below through rclpy.
 NODE = "/visloc_localizer"
 STARTUP_S = 120.0  # generous: loading torch and the model on a loaded 2-core machine; a hang fails, not waits
 
@@ -240,20 +234,6 @@ def test_lifecycle_deactivate_activate_and_relocalize_over_the_services(launched
     fut = client.call_async(Trigger.Request())
     probe.wait_for(fut.done, 30.0, "relocalize response")
     assert fut.result().success and "reset" in fut.result().message
-
-
-@pytest.mark.skipif(NO_ROSIDL_RUNTIME_PY is not None, reason=NO_ROSIDL_RUNTIME_PY or "")
-def test_ros2_lifecycle_and_service_cli(launched):
-    launch, _ = launched
-    launch.wait_for_line("active: localizing")
-    r = ros2("lifecycle", "set", NODE, "deactivate", "--no-daemon")
-    assert r.returncode == 0 and "Transitioning successful" in r.stdout, r.stdout + r.stderr
-    assert "inactive" in ros2("lifecycle", "get", NODE, "--no-daemon").stdout
-    r = ros2("lifecycle", "set", NODE, "activate", "--no-daemon")
-    assert r.returncode == 0 and "Transitioning successful" in r.stdout, r.stdout + r.stderr
-    assert "active" in ros2("lifecycle", "get", NODE, "--no-daemon").stdout
-    r = ros2("service", "call", "/relocalize", "std_srvs/srv/Trigger")
-    assert r.returncode == 0 and "success=True" in r.stdout, r.stdout + r.stderr
 
 
 def test_ctrl_c_shuts_down_cleanly(launched):

@@ -197,6 +197,7 @@ class _Player:
 
     def __init__(self, plan: BagPlan, type_of: dict[str, str]) -> None:
         import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PoseStamped
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -221,6 +222,11 @@ class _Player:
         self._cv = threading.Condition()
         self.node.create_subscription(LocalizationResult, "localization", self._on_result, 100)
         self.node.create_subscription(PoseStamped, "pose", self._on_pose, 100)
+        # the node's own count of the messages it received per topic (its /diagnostics), the only
+        # evidence that a message reached it: DDS matching is per side, so a publisher that sees the
+        # node's subscription can still lose its first message under load
+        self.node_received: dict[str, int] = {}
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -234,6 +240,22 @@ class _Player:
 
     def _on_pose(self, msg) -> None:
         self.pose_arrivals[_stamp(msg.header)] = time.perf_counter()
+
+    def _on_diagnostics(self, msg) -> None:
+        for status in msg.status:
+            if status.name != "visloc_localizer: localization":  # the node replay started (its params file)
+                continue
+            for kv in status.values:
+                if kv.key == "received_by_topic" and kv.value:
+                    counts = dict(item.split("=", 1) for item in kv.value.split("; "))
+                    with self._cv:
+                        self.node_received = {k: int(v) for k, v in counts.items()}
+                        self._cv.notify_all()
+
+    def wait_node_received(self, topic: str, timeout_s: float) -> bool:
+        """Wait until the node's /diagnostics count at least one message received on ``topic``."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self.node_received.get(topic, 0) > 0, timeout_s)
 
     def wait_result(self, stamp_ns: int, timeout_s: float) -> bool:
         with self._cv:
@@ -294,9 +316,7 @@ def replay(o: ReplayOptions) -> dict:
                         f"the node did not activate within {o.startup_timeout_s} s; see {out / 'node.log'}"
                     )
                 time.sleep(0.05)
-            info_pub = player.pubs.get(plan.camera_info_topic)
-            while info_pub is not None and info_pub.get_subscription_count() == 0 and time.monotonic() < t_end:
-                time.sleep(0.05)
+            _prime_camera_info(o, plan, reader, player, deserialize_message, t_end)
             sampler = _ResourceSampler(node_proc.pid).start()
             try:
                 _play(o, plan, reader, conns, player, published, deserialize_message)
@@ -377,10 +397,32 @@ def _play(o, plan, reader, conns, player, published, deserialize_message) -> Non
                     log.warning("no result for the image at %d ns within %.0f s", stamp, o.result_timeout_s)
             else:
                 player.pubs[conn.topic].publish(msg)
-                if conn.topic == plan.camera_info_topic and n == 0:
-                    time.sleep(0.2)  # let the first camera_info reach the node before the first image
     finally:
         bar.close()
+
+
+def _prime_camera_info(o, plan, reader, player, deserialize_message, t_end: float) -> None:
+    """Publish the bag's first camera_info until the node says it received one (its /diagnostics).
+
+    The node drops images that come before any camera_info; without this handshake the first image
+    of a replay was lost whenever DDS matching was slow on the node's side (a loaded machine).
+    Re-sent every 0.5 s: camera_info is best-effort on the node (sensor data QoS)."""
+    info_pub = player.pubs.get(plan.camera_info_topic) if plan.camera_info_topic else None
+    if info_pub is None:
+        return
+    conns = [c for c in reader.connections if c.topic == plan.camera_info_topic]
+    first = next(iter(reader.messages(connections=conns)), None)
+    if first is None:
+        return
+    msg = deserialize_message(bytes(first[2]), player.types[plan.camera_info_topic])
+    while time.monotonic() < t_end:
+        info_pub.publish(msg)
+        if player.wait_node_received("camera_info", 0.5):
+            return
+    log.warning(
+        "the node did not confirm a camera_info within the start-up timeout (%.0f s): its first images may be dropped",
+        o.startup_timeout_s,
+    )
 
 
 def message_class(msgtype: str) -> type:
