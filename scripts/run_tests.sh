@@ -22,6 +22,7 @@ export VISLOC_FAIL_ON_SKIP=1
 for threads in ${VISLOC_TEST_THREADS:-1 2}; do
   echo "=== pytest with ${threads} thread(s) ==="
   start=$(date +%s)
-  OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads python -m pytest -q
+  # --durations: the slowest tests, to keep the suite within its time budget (README)
+  OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads python -m pytest -q --durations=30
   echo "=== ${threads} thread(s): passed in $(( $(date +%s) - start )) s ==="
 done
