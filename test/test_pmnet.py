@@ -246,7 +246,14 @@ def test_pmnet_trains_all_four_terms_and_its_artifact_is_served_like_every_apr_m
     rgb = Dataset(data).load_rgb(frame)
     a = loc.localize(rgb, frame.camera, frame.stamp_ns)
     b = load_localizer(root / "pm").localize(rgb, frame.camera, frame.stamp_ns)
-    assert a.method == "apr/pmnet" and np.array_equal(a.T_world_cam, b.T_world_cam)
+
+    # the pose the network gave, LOCALIZED or not: a few-step model may be NOT_LOCALIZED by its own covariance
+    # (issue 11's publish rule, depending on the thread count), its pose then kept in extras
+    def pose(res):
+        return np.asarray(res.extras.get("T_world_cam_refused", res.T_world_cam), dtype=float)
+
+    assert a.method == "apr/pmnet" and a.status == b.status
+    assert np.isfinite(pose(a)).all() and np.array_equal(pose(a), pose(b))
     art = load_apr_artifact(root / "pm")
     assert not any(n.startswith("field") for n, _ in art.model.named_parameters())
 
