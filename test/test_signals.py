@@ -189,3 +189,65 @@ def test_node_stopped_during_a_graph_query_exits_cleanly(ros, tiny_artifact, tmp
     out = (tmp_path / "node.log").read_text() + err
     assert rc == 0, out
     assert "Traceback" not in out and "context is invalid" not in out, out
+
+
+# `visloc replay` held inside its lock-step wait for the node's answer to its CALL-th image (main thread):
+# argv = MARK CALL visloc-args...
+HOLD_REPLAY = """
+import pathlib, sys, time
+from visloc_ros import replay as m
+real, calls = m._Player.wait_result, [0]
+def held(self, stamp_ns, timeout_s):
+    calls[0] += 1
+    if calls[0] == int(sys.argv[2]):
+        pathlib.Path(sys.argv[1]).touch()
+        while True:
+            time.sleep(0.1)
+    return real(self, stamp_ns, timeout_s)
+m._Player.wait_result = held
+from visloc_core.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _processes_naming(text: str) -> list[int]:
+    """PIDs of the live processes whose command line contains ``text``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline:
+                pids.append(int(proc.name))
+    return pids
+
+
+def test_replay_interrupted_stops_its_node_and_writes_the_partial_report(ros, tiny_artifact, tmp_path) -> None:
+    """SIGTERM in the middle of a lock-step replay: the node it started is stopped (no orphan holding the
+    camera topic), the report of the frames so far is written with partial: true, exit 143, one line."""
+    import json
+
+    from ros_helpers import write_tiny_bag
+
+    signum = signal.SIGTERM
+    bag, _, _ = write_tiny_bag(tmp_path / "query", [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], storage="sqlite3")
+    out, mark = tmp_path / "report", tmp_path / "held"
+    argv = ["replay", str(bag), str(tiny_artifact), "--out", str(out), "--wait", "--param", "max_jump_m=0.0"]
+    proc = _start([sys.executable, "-c", HOLD_REPLAY, str(mark), "3", *argv], tmp_path / "replay.log")
+    _wait_for(mark, proc)  # two images answered, the third published and waited for
+    node = str(out / ".replay-node-")  # the node's command line names its parameter file, made there
+    assert _processes_naming(node), "the node of the replay is not running while it is held"
+    rc, err = _signal(proc, signum)
+
+    assert rc == EXIT[signum], err
+    assert _last_line(err).startswith("visloc replay: interrupted by SIGTERM; the partial report of the 3 frames"), err
+    assert "Traceback" not in err
+    report = json.loads((out / "report.json").read_text())
+    assert report["partial"] is True and report["n_frames"] == 3
+    t_end = time.monotonic() + 30.0  # the node got SIGINT from replay's clean-up; it may still be exiting
+    while _processes_naming(node) and time.monotonic() < t_end:
+        time.sleep(0.2)
+    assert _processes_naming(node) == [], "the replay's node outlived it"
+    assert not list(out.glob(".replay-node-*")), "the node's parameter file was left behind"

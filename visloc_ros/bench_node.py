@@ -139,7 +139,8 @@ def run(args: argparse.Namespace) -> dict:
     cmd = [sys.executable, "-m", "visloc_ros.localizer_node", "--ros-args", "--params-file", str(params_file)]
     started = not rclpy.ok()
     if started:
-        rclpy.init()
+        # SIGINT / SIGTERM stay visloc_core.interrupt's (clean stop of the node process), not rclpy's
+        rclpy.init(signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
     node = rclpy.create_node("visloc_bench_node")
     results: dict[int, float] = {}
     internal: dict[int, float] = {}

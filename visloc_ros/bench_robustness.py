@@ -178,7 +178,8 @@ class _NodeUnderTest:
         self.proc = NodeProcess(cmd, self.log_path)
         self._started_rclpy = not rclpy.ok()
         if self._started_rclpy:
-            rclpy.init()
+            # SIGINT / SIGTERM stay visloc_core.interrupt's (clean stop of the node process), not rclpy's
+            rclpy.init(signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
         self.node = rclpy.create_node(f"visloc_robustness_probe_{os.getpid()}")
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         n = self.node

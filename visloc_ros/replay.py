@@ -25,12 +25,13 @@ scoring are visloc_core/evaluation/replay_plan.py and replay_scoring.py. The CLI
    the report of ``visloc eval`` (evaluation/report.py) with the replay numbers under
    ``meta.replay``: end-to-end latency (image published -> result / pose received), the node's own
    latency, dropped frames, the node's CPU (% of one core) and memory (RSS). A frame the node never
-   answered counts as NOT_LOCALIZED (infinite error). Ctrl-C stops the replay and still writes the
-   report of the frames so far, marked partial.
+   answered counts as NOT_LOCALIZED (infinite error). Ctrl-C or SIGTERM stops the replay: the node is
+   stopped, the report of the frames so far is written, marked partial, and the command exits 130 / 143.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import subprocess
@@ -55,6 +56,7 @@ from visloc_core.evaluation.replay_plan import (
 )
 from visloc_core.evaluation.replay_scoring import method_of, score_replay
 from visloc_core.geometry import quat_wxyz_from_R, quat_wxyz_to_xyzw
+from visloc_core.interrupt import Interrupted, as_interrupted
 from visloc_ros.conversions import msg_to_result
 
 log = logging.getLogger(__name__)
@@ -229,8 +231,15 @@ class _Player:
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+
+        # the context shut down under it (e.g. by the program embedding replay): end quietly
+        with contextlib.suppress(ExternalShutdownException):
+            self.executor.spin()
 
     def _on_result(self, msg) -> None:
         t = time.perf_counter()
@@ -271,6 +280,7 @@ def replay(o: ReplayOptions) -> dict:
     """Run the replay; returns the report dict (also written to ``o.out``)."""
     import rclpy
     from rclpy.serialization import deserialize_message
+    from rclpy.signals import SignalHandlerOptions
 
     from visloc_core.evaluation.report import write_report
     from visloc_core.localizers.loading import artifact_scene_names, check_artifact
@@ -291,12 +301,16 @@ def replay(o: ReplayOptions) -> dict:
 
     started_rclpy = not rclpy.ok()
     if started_rclpy:
-        rclpy.init()
+        # no rclpy signal handlers: SIGINT / SIGTERM raise visloc_core.interrupt's Interrupted in the main
+        # thread, which writes the partial report and stops the node; rclpy's own handler would shut the
+        # context down first, under the player's spinning thread (ExternalShutdownException)
+        rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node_proc = NodeProcess(_node_command(o, plan, params_file), o.node_log or out / "node.log")
     sampler = None
     player = None
     published: dict[int, tuple[str, float]] = {}  # stamp -> (name, perf_counter at publish)
     partial = False
+    interrupted = None
     t_start = time.perf_counter()
     try:
         with open_bag(o.bag) as reader:
@@ -316,11 +330,12 @@ def replay(o: ReplayOptions) -> dict:
                         f"the node did not activate within {o.startup_timeout_s} s; see {out / 'node.log'}"
                     )
                 time.sleep(0.05)
-            _prime_camera_info(o, plan, reader, player, deserialize_message, t_end)
             sampler = _ResourceSampler(node_proc.pid).start()
             try:
+                _prime_camera_info(o, plan, reader, player, deserialize_message, t_end)
                 _play(o, plan, reader, conns, player, published, deserialize_message)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (visloc_core.interrupt)
+                interrupted = as_interrupted(exc)
                 partial = True
                 log.warning("interrupted: scoring the %d frames published so far", len(published))
             # trailing results (rate mode): give the node time to answer the last frames
@@ -359,6 +374,10 @@ def replay(o: ReplayOptions) -> dict:
     }
     meta = {"command": "visloc replay", "method": method_of(decoded), "replay": replay_meta}
     report = write_report(score.outcomes, out, meta=meta, partial=partial)
+    if interrupted is not None:  # the report is written: now stop as interrupted (exit 130 / 143 from the CLI)
+        raise Interrupted(
+            interrupted.signum, kept=f"the partial report of the {len(published)} frames published so far is in {out}"
+        )
     return report
 
 
