@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from visloc_core.cli import main
-from visloc_core.models.registry import MODEL_MODULES, build_apr_model
+from visloc_core.models.registry import APR_MODELS, build_apr_model
 
 BROKEN = "a: [1, 2\nb: {\n"  # the flow sequence of line 1 is not closed: PyYAML stops at line 2, column 2
 
@@ -63,7 +63,7 @@ def test_nested_command_is_named_in_the_error(tmp_path, capsys):
 def test_unknown_apr_model_lists_every_model_not_only_imported_ones():
     with pytest.raises(ValueError) as info:
         build_apr_model("resnet_posenet", {}, [])
-    for name in MODEL_MODULES:
+    for name in APR_MODELS.names():
         assert name in str(info.value)
 
 

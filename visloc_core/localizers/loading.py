@@ -12,16 +12,18 @@ import json
 from pathlib import Path
 
 from ..integrity import ArtifactError
-from ..registry import Registry
+from ..registry import Registry, UnknownNameError
 from .base import Localizer
 
-LOCALIZERS: Registry[Localizer] = Registry("localizer")
-
-# Modules that register localizers; imported lazily so that loading one kind does not import all.
-_PLUGIN_MODULES = {
-    "apr": "visloc_core.localizers.apr",
-    "relpose": "visloc_core.localizers.relpose",
-}
+# artifact kind -> loader, imported from its module on first use (loading one kind does not import all).
+# To add a localizer: one module registering its loader + the config/command that writes its artifact + one line here.
+LOCALIZERS: Registry[Localizer] = Registry(
+    "artifact kind",
+    modules={
+        "apr": "visloc_core.localizers.apr",
+        "relpose": "visloc_core.localizers.relpose",
+    },
+)
 # what to do about a damaged artifact of each kind
 REMEDY = {
     "apr": "retrain it with `visloc train` (or restore the artifact from a copy)",
@@ -41,7 +43,7 @@ def read_artifact_meta(artifact_dir: str | Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ArtifactError(f"{meta_file} is not valid JSON ({err}); the artifact is damaged, rebuild it") from err
     if not isinstance(meta, dict) or "kind" not in meta:
-        raise ValueError(f"{meta_file} has no 'kind' (expected one of: {', '.join(_PLUGIN_MODULES)})")
+        raise ValueError(f"{meta_file} has no 'kind' (expected one of: {', '.join(LOCALIZERS.names())})")
     return meta
 
 
@@ -58,10 +60,13 @@ def check_artifact(artifact_dir: str | Path) -> dict:
     file and what to do; returns the metadata. Cheap: used before starting a node on the artifact."""
     meta = read_artifact_meta(artifact_dir)
     kind = meta["kind"]
-    if kind not in _INTEGRITY_CHECKS:
-        raise ValueError(f"{artifact_dir}: unknown artifact kind {kind!r}; known: {', '.join(_PLUGIN_MODULES)}")
-    module, func = _INTEGRITY_CHECKS[kind].split(":")
-    getattr(importlib.import_module(module), func)(Path(artifact_dir), meta)
+    try:
+        LOCALIZERS.check(kind)
+    except UnknownNameError as err:
+        raise ValueError(f"{artifact_dir}: {err}") from err
+    if kind in _INTEGRITY_CHECKS:  # a kind registered at run time may have none
+        module, func = _INTEGRITY_CHECKS[kind].split(":")
+        getattr(importlib.import_module(module), func)(Path(artifact_dir), meta)
     return meta
 
 
@@ -92,14 +97,13 @@ def load_localizer(artifact_dir: str | Path, device: str = "cpu") -> Localizer:
             f"{artifact_dir} is a scene radiance field (kind nerf), not a localizer: render it with "
             "`visloc nerf render`, or use it to train one (config/models/poseformer_sem.yaml, stage2.artifact)"
         )
-    if kind not in LOCALIZERS and kind not in _PLUGIN_MODULES:
-        # the registry fills on import: its own error would list only the kinds imported so far
-        raise ValueError(f"{artifact_dir}: unknown artifact kind {kind!r}; known: {', '.join(_PLUGIN_MODULES)}")
-    if kind not in LOCALIZERS:
-        importlib.import_module(_PLUGIN_MODULES[kind])
+    try:
+        loader = LOCALIZERS.get(kind)
+    except UnknownNameError as err:
+        raise ValueError(f"{artifact_dir}: {err}") from err
     remedy = REMEDY.get(kind, "rebuild it")
     try:
-        return LOCALIZERS.build(kind, Path(artifact_dir), device)
+        return loader(Path(artifact_dir), device)
     except ArtifactError:
         raise
     except FileNotFoundError as err:

@@ -36,7 +36,8 @@ from ..registry import Registry
 
 log = logging.getLogger(__name__)
 
-GLOBAL_DESCRIPTORS: Registry = Registry("global descriptor")
+# every descriptor is defined in this module; to add one: a class here + its keys in a map YAML (descriptor:)
+GLOBAL_DESCRIPTORS: Registry = Registry("global descriptor", key="descriptor.name")
 
 
 def _l2n(x: np.ndarray) -> np.ndarray:

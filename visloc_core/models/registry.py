@@ -11,29 +11,30 @@ APR_MODELS: factories ``(cfg: dict, scenes: list[SceneSpec]) -> nn.Module`` whos
 Multi-scene models also split their forward into ``image_features(image_B3HW) -> dict`` (the image
 encoder) and ``forward_features(feats, scene_id_B=None) -> dict`` (the rest), so that the part after
 a frozen encoder can train on cached features (training/cached_features.py).
-Modules that define models register them on import; ``MODEL_MODULES`` lists them so that
-``build_apr_model`` finds every model without importing all of them eagerly.
+Each model's module registers it on import; the table below names that module, so the registry
+imports a model on first use and lists every model without importing all of them.
+To add a model: one module in ``models/apr/`` + one YAML in ``config/models/`` + one line here.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 from ..registry import Registry
 
-APR_MODELS: Registry = Registry("APR model")
-
-# model name -> module that registers it
-MODEL_MODULES: dict[str, str] = {
-    "posenet": "visloc_core.models.apr.posenet",
-    "poseformer": "visloc_core.models.apr.poseformer",
-    "poseformer_sem": "visloc_core.models.apr.poseformer_sem",
-    "hyperpose": "visloc_core.models.apr.hyperpose",
-    "ms_hyperpose": "visloc_core.models.apr.ms_hyperpose",
-    "mvl_loc": "visloc_core.models.apr.mvl_loc",
-    "pmnet": "visloc_core.models.apr.pmnet",
-}
+APR_MODELS: Registry = Registry(
+    "APR model",
+    key="model.name",
+    modules={  # model name -> module that registers it
+        "posenet": "visloc_core.models.apr.posenet",
+        "poseformer": "visloc_core.models.apr.poseformer",
+        "poseformer_sem": "visloc_core.models.apr.poseformer_sem",
+        "hyperpose": "visloc_core.models.apr.hyperpose",
+        "ms_hyperpose": "visloc_core.models.apr.ms_hyperpose",
+        "mvl_loc": "visloc_core.models.apr.mvl_loc",
+        "pmnet": "visloc_core.models.apr.pmnet",
+    },
+)
 
 
 @dataclass
@@ -45,9 +46,4 @@ class SceneSpec:
 
 
 def build_apr_model(name: str, cfg: dict, scenes: list[SceneSpec]):
-    if name not in APR_MODELS and name not in MODEL_MODULES:
-        # The registry fills on import, so its own error would list only the models imported so far.
-        raise ValueError(f"unknown APR model {name!r} (model.name); known: {', '.join(MODEL_MODULES)}")
-    if name not in APR_MODELS:
-        importlib.import_module(MODEL_MODULES[name])
     return APR_MODELS.build(name, cfg, scenes)

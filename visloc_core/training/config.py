@@ -116,11 +116,9 @@ def apr_config(user_cfg: dict) -> dict:
     cfg = deep_merge(DEFAULT_CONF, user_cfg)
     if "name" not in cfg["model"]:
         raise ValueError("config model.name is missing (e.g. posenet)")
-    from ..models.registry import APR_MODELS, MODEL_MODULES
+    from ..models.registry import APR_MODELS
 
-    name = cfg["model"]["name"]
-    if name not in MODEL_MODULES and name not in APR_MODELS:  # before the dataset is read, not after
-        raise ValueError(f"unknown APR model {cfg['model']['name']!r} (model.name); known: {', '.join(MODEL_MODULES)}")
+    APR_MODELS.check(cfg["model"]["name"])  # an unknown name fails before the dataset is read, not after
     d = cfg["data"]
     if d["image_width"] < 32 or d["image_height"] < 32:
         raise ValueError(f"data.image_width/height must be >= 32, got {d['image_width']}x{d['image_height']}")

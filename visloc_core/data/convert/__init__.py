@@ -6,25 +6,48 @@ pose convention ONLY from :mod:`visloc_core.geometry.conventions`. They share:
 - ``convert(src, out, scenes=None, overwrite=False, progress=True, **options) -> ConvertSummary``
 - errors on malformed input as :class:`ConvertError`, naming the file (and line) and what to do;
 - atomic output through :class:`~visloc_core.data.layout.DatasetWriter`.
+
+Each module registers a :class:`Converter` in ``CONVERTERS`` (its command-line options and ``convert``),
+so ``visloc convert NAME`` needs nothing per dataset. To add one: one module here + one line in
+``CONVERTERS``'s table.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...registry import Registry
 from ..png import encoded_image_size
 
 log = logging.getLogger(__name__)
 
-# name on the command line -> module in this package
-CONVERTERS: dict[str, str] = {
-    "7scenes": "sevenscenes",
-    "cambridge": "cambridge",
-    "tartanair": "tartanair",
-}
+
+@dataclass(frozen=True)
+class Converter:
+    """A dataset converter as ``visloc convert NAME`` sees it."""
+
+    help: str  # one line for ``visloc convert --help``
+    description: str  # the dataset's conventions, for ``visloc convert NAME --help``
+    add_arguments: Callable[[argparse.ArgumentParser], None]  # its own options (SRC, --out, --scenes,
+    # --overwrite and --no-progress are common to all)
+    options: Callable[[argparse.Namespace], dict]  # parsed options -> keyword arguments of ``convert``
+    convert: Callable[..., ConvertSummary]  # (src, out, scenes, overwrite, progress, **options)
+
+
+# name on the command line -> Converter, registered by its module (imported on first use)
+CONVERTERS: Registry[Converter] = Registry(
+    "dataset converter",
+    modules={
+        "7scenes": "visloc_core.data.convert.sevenscenes",
+        "cambridge": "visloc_core.data.convert.cambridge",
+        "tartanair": "visloc_core.data.convert.tartanair",
+    },
+)
 
 
 class ConvertError(ValueError):

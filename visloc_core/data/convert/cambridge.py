@@ -25,6 +25,7 @@ synthesised from the frame number at 30 Hz.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import re
 from pathlib import Path, PurePosixPath
@@ -35,7 +36,7 @@ from tqdm import tqdm
 
 from ...geometry import PinholeCamera, T_world_cam_from_cambridge
 from ..layout import DatasetWriter
-from . import ConvertError, ConvertSummary, image_file_size, read_text_lines, select_scenes
+from . import CONVERTERS, Converter, ConvertError, ConvertSummary, image_file_size, read_text_lines, select_scenes
 
 log = logging.getLogger(__name__)
 
@@ -242,3 +243,37 @@ def convert(
             w.set_split(split, keys)
     summary.out = Path(out)
     return summary
+
+
+# ------------------------------------------------------------------------------ visloc convert cambridge
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--resize",
+        metavar="WxH|S",
+        help="resize images to WxH, or so the shorter side is S pixels (intrinsics are scaled to match); "
+        "default: keep the original files",
+    )
+    p.add_argument(
+        "--focal",
+        type=float,
+        help="focal length in pixels at the stored image width, for images without an nvm camera",
+    )
+    p.add_argument(
+        "--nvm-width",
+        type=int,
+        default=NVM_WIDTH,
+        help="width in pixels of the images reconstruction.nvm was built from (its focal lengths refer to it; "
+        f"default {NVM_WIDTH})",
+    )
+
+
+CONVERTERS.register("cambridge")(
+    Converter(
+        help="Cambridge Landmarks (dataset_train/test.txt with camera centre + world-to-camera quaternion)",
+        description="Cambridge Landmarks: per-image focal from reconstruction.nvm, principal point at the "
+        "image centre; stamps synthesised from the frame number at 30 Hz.",
+        add_arguments=add_arguments,
+        options=lambda args: {"resize": args.resize, "focal": args.focal, "nvm_width": args.nvm_width},
+        convert=convert,
+    )
+)

@@ -21,6 +21,7 @@ mistakes it for per-colour-pixel depth.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import re
 from pathlib import Path
@@ -31,7 +32,7 @@ from tqdm import tqdm
 
 from ...geometry import PinholeCamera, T_world_cam_from_7scenes
 from ..layout import DatasetWriter
-from . import ConvertError, ConvertSummary, image_file_size, read_text_lines, select_scenes
+from . import CONVERTERS, Converter, ConvertError, ConvertSummary, image_file_size, read_text_lines, select_scenes
 
 log = logging.getLogger(__name__)
 
@@ -195,3 +196,25 @@ def _read_depth(path: Path) -> np.ndarray:
     if d.dtype != np.uint16 or d.ndim != 2:
         raise ConvertError(f"{path}: expected a uint16 single-channel depth PNG, got {d.dtype} {d.shape}")
     return np.where(d == DEPTH_INVALID, 0.0, d.astype(np.float64) / 1000.0)
+
+
+# ------------------------------------------------------------------------------ visloc convert 7scenes
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--depth",
+        action="store_true",
+        help="also store the depth images AS RECORDED: they are NOT registered to the colour image (the "
+        'manifest says "depth_registered": false and gives the depth camera f=585); off by default',
+    )
+
+
+CONVERTERS.register("7scenes")(
+    Converter(
+        help="Microsoft 7-Scenes (seq-XX/frame-XXXXXX.{color.png,pose.txt}, TrainSplit/TestSplit.txt)",
+        description="7-Scenes: poses are camera-to-world (of the depth sensor, used as the colour camera); "
+        "colour intrinsics f=525, c=(320,240) at 640x480; stamps synthesised at 30 Hz.",
+        add_arguments=add_arguments,
+        options=lambda args: {"with_depth": args.depth},
+        convert=convert,
+    )
+)

@@ -21,6 +21,7 @@ synthesised as frame index / 10 Hz.
 
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from tqdm import tqdm
 
 from ...geometry import PinholeCamera, T_world_cam_from_tartanair
 from ..layout import DatasetWriter
-from . import ConvertError, ConvertSummary, image_file_size, read_text_lines, select_scenes
+from . import CONVERTERS, Converter, ConvertError, ConvertSummary, image_file_size, read_text_lines, select_scenes
 
 log = logging.getLogger(__name__)
 
@@ -190,3 +191,27 @@ def _read_depth(path: Path, shape_hw: tuple[int, int]) -> np.ndarray:
     if d.shape != shape_hw:
         raise ConvertError(f"{path}: depth shape {d.shape} differs from the image {shape_hw}")
     return np.where(np.isfinite(d) & (d > 0), d.astype(np.float64), 0.0)
+
+
+# ------------------------------------------------------------------------------ visloc convert tartanair
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-depth", action="store_true", help="do not store the depth_left .npy files")
+    p.add_argument(
+        "--test-sequences",
+        nargs="+",
+        metavar="SEQ",
+        help="trajectories for the test split, e.g. Easy_P001 Hard_P002 (default: the last trajectory of each "
+        "difficulty that has at least two)",
+    )
+
+
+CONVERTERS.register("tartanair")(
+    Converter(
+        help="TartanAir (ENV/{Easy,Hard}/P00k with image_left, depth_left, pose_left.txt in NED)",
+        description="TartanAir: NED poses (quaternion scalar last) converted to OpenCV axes; fx=fy=320, "
+        "cx=320, cy=240 at 640x480; depth in metres; stamps synthesised at 10 Hz.",
+        add_arguments=add_arguments,
+        options=lambda args: {"with_depth": not args.no_depth, "test_sequences": args.test_sequences},
+        convert=convert,
+    )
+)

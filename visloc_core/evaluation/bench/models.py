@@ -31,7 +31,7 @@ BASELINE = "posenet"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--models", nargs="+", default=None, help="model names (default: every model in models/registry.MODEL_MODULES)"
+        "--models", nargs="+", default=None, help="model names (default: every model in models/registry.APR_MODELS)"
     )
     parser.add_argument(
         "--config-dir", default="config/models", help="folder of <model>.yaml configs (default config/models)"
@@ -79,14 +79,14 @@ def count_parameters(model: torch.nn.Module) -> dict[str, float | int]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ...models.registry import MODEL_MODULES
+    from ...models.registry import APR_MODELS
 
-    names = list(args.models or MODEL_MODULES)
+    names = list(args.models or APR_MODELS.names())
     if BASELINE not in names:
         names.insert(0, BASELINE)
-    unknown = sorted(set(names) - set(MODEL_MODULES))
+    unknown = sorted(set(names) - set(APR_MODELS.names()))
     if unknown:
-        raise ValueError(f"unknown models {unknown}; known: {', '.join(MODEL_MODULES)}")
+        raise ValueError(f"unknown models {unknown}; known: {', '.join(APR_MODELS.names())}")
     config_dir = Path(args.config_dir)
     if not config_dir.is_dir():
         raise FileNotFoundError(

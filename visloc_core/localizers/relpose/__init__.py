@@ -9,7 +9,6 @@ from ..loading import LOCALIZERS
 from .base import RELPOSE_ESTIMATORS, Keyframe, RelPoseEstimate, RelPoseEstimator
 from .localizer import RelposeLocalizer, load_relpose_localizer
 
-if "relpose" not in LOCALIZERS:
-    LOCALIZERS.register("relpose")(load_relpose_localizer)
+LOCALIZERS.register("relpose")(load_relpose_localizer)
 
 __all__ = ["RELPOSE_ESTIMATORS", "Keyframe", "RelPoseEstimate", "RelPoseEstimator", "RelposeLocalizer"]

@@ -100,5 +100,14 @@ class RelPoseEstimator(ABC):
         """One estimate per reference, in the same order."""
 
 
-# name -> factory (cfg: dict, device: str) -> RelPoseEstimator
-RELPOSE_ESTIMATORS: Registry[RelPoseEstimator] = Registry("relative-pose estimator")
+# name -> factory (cfg: dict, device: str) -> RelPoseEstimator, imported from its module on first use.
+# To add an estimator: one module registering it + one map YAML (config/models/relpose_*.yaml) + one line here.
+RELPOSE_ESTIMATORS: Registry[RelPoseEstimator] = Registry(
+    "relative-pose estimator",
+    key="estimator.name",
+    modules={
+        "xfeat": "visloc_core.localizers.relpose.geometric",
+        "sift": "visloc_core.localizers.relpose.geometric",
+        "learned": "visloc_core.localizers.relpose.learned",
+    },
+)

@@ -58,13 +58,6 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 3
 DEPTH_SCALE = 1000.0  # uint16 per metre in the artifact's depth PNGs
 
-# name -> module that registers it in RELPOSE_ESTIMATORS (imported on demand)
-ESTIMATOR_MODULES = {
-    "xfeat": "visloc_core.localizers.relpose.geometric",
-    "sift": "visloc_core.localizers.relpose.geometric",
-    "learned": "visloc_core.localizers.relpose.learned",
-}
-
 DEFAULT_CONFIG: dict = {
     "kind": "relpose",
     "image_size": [320, 240],  # processing size (width, height) of map and query images; null = as stored
@@ -107,18 +100,9 @@ def load_config(path: str | Path) -> dict:
 
 
 def build_estimator(est_cfg: dict, device: str = "cpu"):
-    import importlib
-
     name = est_cfg.get("name")
     if not name:
-        raise ValueError("estimator config needs a 'name' (xfeat, sift or learned)")
-    if name not in RELPOSE_ESTIMATORS and name not in ESTIMATOR_MODULES:
-        # the registry fills on import: its own error would list only the estimators imported so far
-        raise ValueError(
-            f"unknown relative-pose estimator {name!r} (estimator.name); known: {', '.join(ESTIMATOR_MODULES)}"
-        )
-    if name not in RELPOSE_ESTIMATORS:
-        importlib.import_module(ESTIMATOR_MODULES[name])
+        raise ValueError(f"estimator config needs a 'name' ({', '.join(RELPOSE_ESTIMATORS.names())})")
     return RELPOSE_ESTIMATORS.build(name, {k: v for k, v in est_cfg.items() if k != "name"}, device)
 
 
