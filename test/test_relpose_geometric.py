@@ -9,10 +9,10 @@ from relpose_scene import look_pose, render, small_camera
 
 from visloc_core.geometry import R_from_rotvec, invert_T, rotation_angle_deg
 from visloc_core.localizers.relpose.base import RELPOSE_ESTIMATORS, Keyframe
-from visloc_core.localizers.relpose.features import LocalFeatures, XFeatExtractor, match_mutual_nn
 from visloc_core.localizers.relpose.geometric import GeometricConfig, sample_depth
 from visloc_core.localizers.relpose.solvers import normalise_points, solve_essential, solve_pnp
 from visloc_core.localizers.relpose.structure import model_from_depth
+from visloc_core.models.features import LocalFeatures, XFeatExtractor, match_mutual_nn
 
 
 def _tdir_err_deg(t_est, t_true):
@@ -158,7 +158,7 @@ def test_onnxruntime_xfeat_gives_the_torch_features(rendered_pair):
 def test_xfeat_auto_runtime_falls_back_to_torch_when_onnx_fails(rendered_pair, monkeypatch, caplog):
     """runtime auto: an ONNX export/runtime failure is logged and torch takes over (same features);
     an explicit runtime onnxruntime raises an error that names the way out."""
-    from visloc_core.localizers.relpose import features as feat
+    from visloc_core.models import features as feat
 
     rgb = rendered_pair[3]
     ref = XFeatExtractor(512, runtime="torch").extract(rgb)
@@ -179,7 +179,7 @@ def test_xfeat_auto_runtime_falls_back_to_torch_when_onnx_fails(rendered_pair, m
 def test_fold_batchnorm_keeps_the_outputs():
     import torch
 
-    from visloc_core.localizers.relpose.features import fold_batchnorm
+    from visloc_core.models.features import fold_batchnorm
 
     torch.manual_seed(0)
     bn = torch.nn.BatchNorm2d(8)

@@ -325,7 +325,7 @@ class XFeatVLAD(GlobalDescriptor):
 
     def __init__(self, cfg: dict, device: str = "cpu", pretrained: bool = True) -> None:
         super().__init__({**self.defaults, **cfg}, device)
-        from ..localizers.relpose.features import XFeatExtractor
+        from .features import XFeatExtractor
 
         self.extractor = XFeatExtractor(int(self.cfg["top_k"]), float(self.cfg["detection_threshold"]), device)
         self.centroids_KD: np.ndarray | None = None

@@ -184,9 +184,9 @@ def measure_size(n: int, args: argparse.Namespace, work: Path) -> dict:
     import faiss
 
     from ...integrity import file_digests
-    from ...localizers.relpose.features import LocalFeatures, match_mutual_nn
     from ...localizers.relpose.mapping import load_keyframes
     from ...localizers.relpose.retrieval import DescriptorIndex, select_references
+    from ...models.features import LocalFeatures, match_mutual_nn
 
     faiss.omp_set_num_threads(1)
     res: dict = {"keyframes": n}

@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 
 from ...geometry import PinholeCamera
+from ...models.features import LocalFeatures, XFeatExtractor, match_lighterglue, match_mutual_nn
 from .base import RELPOSE_ESTIMATORS, Keyframe, RelPoseEstimate, RelPoseEstimator
-from .features import LocalFeatures, XFeatExtractor, match_lighterglue, match_mutual_nn
 from .solvers import normalise_points, solve_essential, solve_pnp
 
 log = logging.getLogger(__name__)

