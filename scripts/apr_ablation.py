@@ -37,7 +37,7 @@ import numpy as np
 import yaml
 
 from visloc_core.atomic import write_text
-from visloc_core.commands.map_build import apply_overrides
+from visloc_core.config import apply_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 MULTI_SCENE = {"ms_hyperpose", "mvl_loc"}

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from visloc_core.commands.map_build import apply_overrides
+from visloc_core.config import apply_overrides
 from visloc_core.data.layout import Dataset
 from visloc_core.data.torch_dataset import ImageTransform, PoseDataset
 from visloc_core.geometry.torch_ops import quat_angle_deg

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from relpose_scene import build_map_cli, write_dataset
 
+from visloc_core.config import deep_merge
 from visloc_core.data.layout import Dataset
 from visloc_core.geometry import pose_errors
 from visloc_core.localizers import Status, load_localizer
 from visloc_core.localizers.relpose import RelposeLocalizer
-from visloc_core.localizers.relpose.mapping import build_map, load_config, merge_config
+from visloc_core.localizers.relpose.mapping import build_map, load_config
 from visloc_core.localizers.relpose.store import FeatureStore
 
 CFG = "config/models/relpose_xfeat.yaml"
@@ -141,7 +142,7 @@ def test_bad_input_is_reported(xfeat_map, room, tmp_path):
     with pytest.raises(ValueError, match=r"unknown relpose config key\(s\) \['num_reference'\]"):
         build_map({**load_config(CFG), "num_reference": 3}, room, tmp_path / "m")
     with pytest.raises(ValueError, match=r"estimator 'sfit'.*known: xfeat, sift, learned"):
-        build_map(merge_config(load_config(CFG), {"estimator": {"name": "sfit"}}), room, tmp_path / "m")
+        build_map(deep_merge(load_config(CFG), {"estimator": {"name": "sfit"}}), room, tmp_path / "m")
     with pytest.raises(ValueError, match="visloc train"):
         build_map(load_config("config/models/posenet.yaml"), room, tmp_path / "m")
     assert not (tmp_path / "m").exists()

@@ -17,12 +17,13 @@ import rclpy
 from relpose_scene import write_dataset
 from ros_helpers import Probe
 
+from visloc_core.config import deep_merge
 from visloc_core.data import messages as rosmsg
 from visloc_core.data.layout import Dataset
 from visloc_core.evaluation.bench.relpose import PAPER_BEHAVIOUR
 from visloc_core.geometry import R_from_rotvec, T_from_R_t
 from visloc_core.localizers.base import Status
-from visloc_core.localizers.relpose.mapping import build_map, load_config, merge_config
+from visloc_core.localizers.relpose.mapping import build_map, load_config
 from visloc_ros import conversions as conv
 from visloc_ros import markers
 from visloc_ros.localizer_node import LocalizerNode
@@ -68,7 +69,7 @@ def sift_map(tmp_path_factory):
     cfg["image_size"] = None
     # the paper's behaviour (top-1 fallback published, no decision gate): these tests need an estimate
     # to draw, and 12 SIFT keyframes at 160x120 do not localize the query by the default decision
-    cfg = merge_config(cfg, PAPER_BEHAVIOUR)
+    cfg = deep_merge(cfg, PAPER_BEHAVIOUR)
     return room, build_map(cfg, room, tmp_path_factory.mktemp("maps") / "sift", progress=False)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..config import add_set_argument, apply_overrides
 from . import positive_int
 
 
@@ -26,33 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-frames", type=positive_int, default=None, help="use only the first N frames (quick tests)"
     )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, dotted path, YAML value (e.g. --set estimator.matcher=lighterglue); repeatable",
-    )
+    add_set_argument(parser, "estimator.matcher=lighterglue")
     parser.add_argument("--overwrite", action="store_true", help="replace ARTIFACT if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def apply_overrides(cfg: dict, items: list[str]) -> dict:
-    """Apply ``a.b=value`` overrides (values parsed as YAML)."""
-    import yaml
-
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        key, val = item.split("=", 1)
-        node = cfg
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"--set {key}: {p} is not a section")
-        node[parts[-1]] = yaml.safe_load(val)
-    return cfg
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 """``visloc train CONFIG.yaml --data DATASET --out ARTIFACT``: train a model into an artifact folder.
 
-The config's ``task`` (default ``apr``) picks the trainer: ``visloc_core.training.<task>.train(cfg,
+``--set key.sub=value`` overrides a key of the config (YAML value; an unknown key is an error naming
+it). The config's ``task`` (default ``apr``) picks the trainer: ``visloc_core.training.<task>.train(cfg,
 data, out, args)``. Configs live in config/models/ (see docs/apr.md). Stopped by SIGINT (Ctrl-C) or
 SIGTERM: no artifact, the checkpoints stay for ``--resume``, exit status 130 / 143.
 """
@@ -12,6 +13,7 @@ import importlib
 import re
 import sys
 
+from ..config import add_set_argument, apply_overrides
 from ..interrupt import Interrupted, as_interrupted
 from ..training.config import load_yaml
 from . import positive_int
@@ -44,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace an existing ARTIFACT and start over in ARTIFACT.train (drops its checkpoints)",
     )
+    add_set_argument(parser, "train.lr=4.5e-4")
     parser.add_argument(
         "--work-dir",
         default=None,
@@ -52,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_yaml(args.config)
+    cfg = apply_overrides(load_yaml(args.config), args.set)  # checked by the trainer's strict merge
     task = cfg.get("task", "apr")
     if not isinstance(task, str) or not re.fullmatch(r"[a-z_][a-z0-9_]*", task):
         raise ValueError(f"{args.config}: task must be a trainer module name like 'apr', got {task!r}")

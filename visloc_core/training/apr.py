@@ -37,6 +37,7 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from scipy.stats import chi2
 
 from ..atomic import output_lock
+from ..config import log_config
 from ..geometry import R_from_quat_wxyz, rotvec_from_R
 from ..models.apr.artifact import SceneStats, write_apr_artifact
 from .apr_data import APRDataModule
@@ -272,6 +273,8 @@ def _train_locked(
     if getattr(args, "epochs", None):
         cfg["train"]["stages"] = override_epochs(cfg["train"]["stages"], int(args.epochs))
         cfg["train"]["epochs"] = sum(s["epochs"] for s in cfg["train"]["stages"])
+    if not secondary:
+        log_config(log, "train", cfg)
     resume = bool(getattr(args, "resume", False))
     overwrite = bool(getattr(args, "overwrite", False))
     last = work / "checkpoints" / "last.ckpt"

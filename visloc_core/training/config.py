@@ -12,6 +12,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from ..config import deep_merge
 from ..yaml_io import load_yaml_file
 
 DEFAULT_CONF: dict[str, Any] = {
@@ -86,19 +87,13 @@ DEFAULT_CONF: dict[str, Any] = {
 }
 
 
-def deep_merge(base: dict, override: dict, path: str = "", strict: bool = True) -> dict:
-    """Recursive dict merge. With ``strict``, keys of ``override`` missing from ``base`` raise,
-    except below ``model`` and ``loss`` (the model factory / build_loss check those) and inside stage lists."""
-    out = copy.deepcopy(base)
-    for k, v in (override or {}).items():
-        where = f"{path}{k}"
-        if strict and k not in base and not path.startswith(("model", "loss")):
-            raise ValueError(f"unknown config key '{where}'; known here: {', '.join(sorted(base))}")
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            out[k] = deep_merge(base[k], v, where + ".", strict and where not in ("model", "loss"))
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
+# sections whose keys their owners check (the model factory, build_loss), not the strict merge
+OPEN_SECTIONS = ("model", "loss")
+
+
+def merge_strict(base: dict, override: dict | None) -> dict:
+    """``override`` merged over the defaults ``base``; an unknown key is an error naming it and the valid ones."""
+    return deep_merge(base, override, strict=True, open_sections=OPEN_SECTIONS)
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -113,7 +108,7 @@ def load_yaml(path: str | Path) -> dict:
 
 def apr_config(user_cfg: dict) -> dict:
     """Merge a user config over the defaults and check it."""
-    cfg = deep_merge(DEFAULT_CONF, user_cfg)
+    cfg = merge_strict(DEFAULT_CONF, user_cfg)
     if "name" not in cfg["model"]:
         raise ValueError("config model.name is missing (e.g. posenet)")
     from ..models.registry import APR_MODELS

@@ -52,7 +52,7 @@ from ..models.nerf.scene import RadianceField
 from ..models.nerf.views import View, contact_sheet, load_view, render_and_score, render_view, score_views
 from .apr import check_outputs, work_dir_for
 from .apr_data import holdout_blocks
-from .config import deep_merge
+from .config import merge_strict
 from .fit import fit
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ NERF_DEFAULTS: dict = {
 
 
 def nerf_config(user_cfg: dict) -> dict:
-    cfg = deep_merge(NERF_DEFAULTS, {k: v for k, v in user_cfg.items() if k not in ("field", "sampling")})
+    cfg = merge_strict(NERF_DEFAULTS, {k: v for k, v in user_cfg.items() if k not in ("field", "sampling")})
     for key, defaults in (("field", FIELD_DEFAULTS), ("sampling", SAMPLING_DEFAULTS)):
         part = user_cfg.get(key) or {}
         unknown = set(part) - set(defaults)

@@ -46,7 +46,7 @@ from ..models.nerf.scene import RadianceField
 from . import apr as apr_trainer
 from . import nerf as nerf_trainer
 from .apr_data import holdout_blocks
-from .config import deep_merge
+from .config import merge_strict
 from .rvs import perturb_poses
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ NERF_P_DEFAULTS: dict = {
 
 
 def nerf_p_config(user_cfg: dict) -> dict:
-    cfg = deep_merge(NERF_P_DEFAULTS, dict(user_cfg))
+    cfg = merge_strict(NERF_P_DEFAULTS, dict(user_cfg))
     if cfg["task"] != "nerf_p":
         raise ValueError(f"task must be nerf_p here, got {cfg['task']!r}")
     p, t = cfg["posemap"], cfg["train"]

@@ -59,7 +59,7 @@ from . import apr as apr_trainer
 from . import nerf_p as nerf_p_trainer
 from .apr_data import APRDataModule
 from .apr_module import APRModule
-from .config import apr_config, deep_merge
+from .config import apr_config, merge_strict
 from .rvs import RVS_PRESETS, perturb_poses
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def pmnet_config(user_cfg: dict) -> tuple[dict, dict]:
     cfg = copy.deepcopy(user_cfg)
     if cfg.get("task") != "pmnet":
         raise ValueError(f"task must be pmnet here, got {cfg.get('task')!r}")
-    pm = deep_merge(PMNET_DEFAULTS, cfg.pop("pmnet", {}) or {})
+    pm = merge_strict(PMNET_DEFAULTS, cfg.pop("pmnet", {}) or {})
     cfg["task"] = "apr"
     apr = apr_config(cfg)
     aug = apr["data"]["augment"]

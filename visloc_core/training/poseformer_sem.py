@@ -58,7 +58,7 @@ from . import apr as apr_trainer
 from . import nerf as nerf_trainer
 from .apr_data import APRDataModule
 from .apr_module import APRModule
-from .config import apr_config, deep_merge, load_yaml
+from .config import apr_config, load_yaml, merge_strict
 from .fit import fit
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ SEM_DEFAULTS: dict = {
 
 
 def sem_config(user_cfg: dict) -> dict:
-    cfg = deep_merge(SEM_DEFAULTS, {k: v for k, v in user_cfg.items()})
+    cfg = merge_strict(SEM_DEFAULTS, {k: v for k, v in user_cfg.items()})
     if cfg["task"] != "poseformer_sem":
         raise ValueError(f"task must be poseformer_sem here, got {cfg['task']!r}")
     s3 = cfg["stage3"]

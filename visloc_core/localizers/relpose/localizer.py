@@ -28,13 +28,14 @@ import cv2
 import numpy as np
 import yaml
 
+from ...config import deep_merge
 from ...geometry import PinholeCamera
 from ..base import LocalizationResult, Localizer, Status, check_query_image
 from .base import RelPoseEstimate
 from .calibration import MapCalibration
 from .confidence import DecisionConfig, Evidence, coverage_fraction, decide, sigmas
 from .hypotheses import FilterConfig, Observation, filter_hypotheses, metric_agreement
-from .mapping import build_estimator, check_map_integrity, load_keyframes, merge_config
+from .mapping import build_estimator, check_map_integrity, load_keyframes
 from .retrieval import DescriptorIndex, RetrievalConfig, select_references
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class RelposeLocalizer(Localizer):
             raise ValueError(f"{self.artifact_dir} is a {self.meta.get('kind')!r} artifact, not relpose")
         check_map_integrity(self.artifact_dir, self.meta)
         cfg = yaml.safe_load((self.artifact_dir / "config.yaml").read_text())
-        self.cfg = merge_config(cfg, overrides or {})
+        self.cfg = deep_merge(cfg, overrides)
         if self.cfg["estimator"]["name"] != self.meta["estimator"]:
             raise ValueError(
                 f"this map caches features for estimator {self.meta['estimator']!r}; "

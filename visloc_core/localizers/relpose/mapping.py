@@ -30,7 +30,6 @@ PinholeCamera.resized), so the artifact does not depend on the dataset folder af
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import shutil
@@ -42,6 +41,7 @@ import numpy as np
 import yaml
 
 from ...atomic import atomic_folder
+from ...config import deep_merge, log_config
 from ...data.layout import Dataset, FrameRecord
 from ...geometry import PinholeCamera
 from ...integrity import ArtifactError, check_format_version, file_digests, verify_files
@@ -75,17 +75,6 @@ DEFAULT_CONFIG: dict = {
 }
 
 
-def merge_config(base: dict, override: dict) -> dict:
-    """Recursive dict merge (override wins); returns a new dict."""
-    out = copy.deepcopy(base)
-    for k, v in (override or {}).items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge_config(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 def load_config(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -96,7 +85,7 @@ def load_config(path: str | Path) -> dict:
     kind = cfg.get("kind", "relpose")
     if kind != "relpose":
         raise ValueError(f"{path}: kind is {kind!r}; `visloc map build` builds relpose maps (kind: relpose)")
-    return merge_config(DEFAULT_CONFIG, cfg)
+    return deep_merge(DEFAULT_CONFIG, cfg)
 
 
 def build_estimator(est_cfg: dict, device: str = "cpu"):
@@ -248,7 +237,8 @@ def build_map(
             "APR training configs go to `visloc train`)"
         )
     check_device(device)
-    cfg = merge_config(DEFAULT_CONFIG, config)
+    cfg = deep_merge(DEFAULT_CONFIG, config)
+    log_config(log, "map build", cfg)
     RetrievalConfig.from_dict(cfg["retrieval"])  # validate early, before the long work
     from .hypotheses import FilterConfig
 

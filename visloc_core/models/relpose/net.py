@@ -27,7 +27,6 @@ ImageNet ResNet34 weights are available offline here).
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 
@@ -35,6 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ...config import deep_merge
 
 logger = logging.getLogger(__name__)
 
@@ -76,12 +77,7 @@ default_conf: dict = {
 
 def merge_conf(cfg: dict | None) -> dict:
     """``default_conf`` updated with ``cfg`` (unknown keys are an error, naming the known ones)."""
-    conf = copy.deepcopy(default_conf)
-    for k, v in (cfg or {}).items():
-        if k not in conf:
-            raise KeyError(f"unknown relpose_net model option {k!r}; known: {', '.join(sorted(conf))}")
-        conf[k] = v
-    return conf
+    return deep_merge(default_conf, cfg, strict=True, path="model.")
 
 
 # ------------------------------------------------------------------------------------------ BiasNet
