@@ -309,11 +309,11 @@ class LocalizerNode(LifecycleNode):
             self.localizer = None
             return TransitionCallbackReturn.FAILURE
         self._gate = SanityGate(
-            GateConfig(
-                float(self._p("max_jump_m")),
-                float(self._p("max_jump_deg")),
-                float(self._p("jump_window_s")),
-                int(self._p("jump_confirm_frames")),
+            GateConfig(  # by name: the ROS parameters carry a jump_ prefix the fields do not
+                max_jump_m=float(self._p("max_jump_m")),
+                max_jump_deg=float(self._p("max_jump_deg")),
+                window_s=float(self._p("jump_window_s")),
+                confirm_frames=int(self._p("jump_confirm_frames")),
             )
         )
         self._odom = PoseBuffer(
