@@ -66,7 +66,7 @@ DEFAULT_CONFIG: dict = {
     "finetune": None,  # e.g. {epochs: 1, pos_m: 1.0, pos_deg: 30, neg_m: 3.0} for gem/netvlad
     "fit_max_images": 200,  # mapping images used to fit a VLAD vocabulary / NetVLAD clusters
     "estimator": {"name": "xfeat"},  # relative-pose estimator (RELPOSE_ESTIMATORS), + its keys
-    "retrieval": {},  # RetrievalConfig keys
+    "retrieval": {},  # RetrievalConfig keys (their defaults live in that dataclass, once)
     "filtering": {},  # hypotheses.FilterConfig keys
     "joint_pnp": True,  # metric maps: final PnP over the inlier references' correspondences jointly
     "structure": {},  # structure.StructureConfig keys: 3D points from depth, triangulated, or none
@@ -239,7 +239,7 @@ def build_map(
     check_device(device)
     cfg = deep_merge(DEFAULT_CONFIG, config)
     log_config(log, "map build", cfg)
-    RetrievalConfig.from_dict(cfg["retrieval"])  # validate early, before the long work
+    retrieval_cfg = RetrievalConfig.from_dict(cfg["retrieval"])  # validated once, before the long work
     from .hypotheses import FilterConfig
 
     FilterConfig.from_dict(cfg["filtering"])
@@ -309,8 +309,7 @@ def build_map(
             ]
         )
         descriptor.save(tmp / "descriptor")
-        rcfg = RetrievalConfig.from_dict(cfg["retrieval"])
-        DescriptorIndex(desc, rcfg.index_kind(len(desc))).save(tmp / "index.faiss")
+        DescriptorIndex(desc, retrieval_cfg.index_kind(len(desc))).save(tmp / "index.faiss")
         np.save(tmp / "descriptors.npy", desc.astype(np.float32))
 
         # 3. local features (estimator caches) of every keyframe

@@ -4,7 +4,7 @@ descriptors, and paper 003's reference selection (top-N with the spacing rule [a
 Spacing rule (paper 003 sec. 2.1, after Zhou et al. 2020): "starting with the top retrieved image,
 we iteratively select the next image that has a distance within [a, b] metres to all previously
 selected images" (a = 3, b = 50 outdoors). The distance is between camera centres. Here a and b
-are config keys (``retrieval.spacing_m``), to be scaled to the scene (indoor e.g. [0.3, 5]).
+are config keys (``retrieval.spacing_m``), to be scaled to the scene (default [0.3, 5] for rooms).
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ class RetrievalConfig(ConfigSection):
 
     num_references: int = 5  # N, references passed to the relative-pose estimator (paper: 5)
     num_candidates: int = 50  # ranked list searched by the spacing rule
-    spacing_m: tuple[float, float] = (3.0, 50.0)  # [a, b] pairwise distance of selected centres (paper)
+    # [a, b] pairwise distance of selected centres (m): the rooms every shipped config maps; the paper's
+    # outdoor scenes use [3, 50]. The one default of this key (DEFAULT_CONFIG leaves retrieval to this class).
+    spacing_m: tuple[float, float] = (0.3, 5.0)
     fill: bool = True  # when fewer than N satisfy the rule, fill up with the best remaining candidates
     prior_radius_m: float | None = None  # with a prior pose: only keyframes within this radius (None = off)
     # Index over the keyframe descriptors (INDEX_KINDS): "auto" = exact "flat" up to index_flat_max
