@@ -84,7 +84,10 @@ def test_registry_names():
     assert {"gem", "netvlad", "xfeat_vlad"} <= set(GLOBAL_DESCRIPTORS.names())
     with pytest.raises(ValueError, match="name"):
         build_descriptor({})
-    with pytest.raises(ValueError, match=r"unknown gem descriptor keys \['pp'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown config key 'descriptor\.pp'; known here: backbone, image_size, level, name, out_dim, p$",
+    ):
         build_descriptor({"name": "gem", "pp": 3.0})
 
 

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..config import deep_merge
 from ..registry import Registry
 
 log = logging.getLogger(__name__)
@@ -85,10 +86,9 @@ def build_descriptor(cfg: dict, device: str = "cpu") -> GlobalDescriptor:
     cfg = dict(cfg or {})
     if "name" not in cfg:
         raise ValueError(f"descriptor config needs a 'name' (one of {', '.join(GLOBAL_DESCRIPTORS.names())})")
-    known = getattr(GLOBAL_DESCRIPTORS.get(cfg["name"]), "defaults", None)
-    unknown = sorted(set(cfg) - set(known) - {"name"}) if known is not None else []
-    if unknown:  # a misspelt key would otherwise fall back to the default silently
-        raise ValueError(f"unknown {cfg['name']} descriptor keys {unknown}; known: {sorted(known)}")
+    defaults = getattr(GLOBAL_DESCRIPTORS.get(cfg["name"]), "defaults", None)
+    if defaults is not None:  # a misspelt key would otherwise fall back to the default silently
+        deep_merge({"name": cfg["name"], **defaults}, cfg, strict=True, path="descriptor.")
     return GLOBAL_DESCRIPTORS.build(cfg["name"], cfg, device)
 
 
