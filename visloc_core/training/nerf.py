@@ -43,6 +43,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from ..atomic import output_lock
+from ..config import log_config
 from ..data.layout import Dataset
 from ..models.nerf.artifact import write_nerf_artifact
 from ..models.nerf.field import FIELD_DEFAULTS
@@ -367,6 +368,7 @@ def _train_locked(cfg: dict, data: str | Path, out: Path, work: Path, args: argp
         cfg["train"]["device"] = args.device
     if getattr(args, "epochs", None):
         cfg["train"]["epochs"] = int(args.epochs)
+    log_config(log, "nerf train", cfg)
     resume, overwrite = bool(getattr(args, "resume", False)), bool(getattr(args, "overwrite", False))
     last = work / "checkpoints" / "last.ckpt"
     check_outputs(out, work, last, resume, overwrite)
