@@ -281,6 +281,20 @@ class Probe:
             return {}
         return {kv.key: kv.value for kv in msgs[-1].status[0].values}
 
+    def fresh_diagnostics(self, timeout_s: float = 20.0) -> dict[str, str]:
+        """The values of the first /diagnostics message the node stamped after this call: its counters
+        include everything it handled before (the last one received may predate the latest input)."""
+        from visloc_core.data.messages import stamp_ns
+
+        t_call = time.time_ns()  # the node stamps /diagnostics with its clock: system time (no sim time here)
+
+        def newer() -> bool:
+            msgs = self.get("/diagnostics")
+            return bool(msgs) and stamp_ns(msgs[-1].header) > t_call
+
+        self.wait_for(newer, timeout_s, "a /diagnostics message stamped after the request")
+        return self.last_diagnostics()
+
     def publish_frame(self, msg, camera_info=None, wait_topic: str | None = "localization", timeout_s: float = 20.0):
         """Publish (camera_info and) an image; with ``wait_topic``, wait until one more message arrives there."""
         before = self.count(wait_topic) if wait_topic else 0
