@@ -35,6 +35,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -50,6 +51,10 @@ from ..loading import check_device
 from .base import RELPOSE_ESTIMATORS, Keyframe
 from .retrieval import DescriptorIndex, RetrievalConfig
 from .store import save_feature_arrays, stored_keyframes
+
+if TYPE_CHECKING:
+    from .calibration import CalibrationConfig
+    from .structure import StructureConfig
 
 log = logging.getLogger(__name__)
 
@@ -215,19 +220,10 @@ def build_structure(source: str, cfg, estimator, keyframes: list[Keyframe], glob
     return model
 
 
-def build_map(
-    config: dict,
-    data: str | Path,
-    out: str | Path,
-    split: str = "train",
-    overwrite: bool = False,
-    device: str = "cpu",
-    progress: bool = True,
-    max_frames: int | None = None,
-) -> Path:
-    """Build a relpose map artifact from ``split`` of dataset ``data`` into ``out`` (see module doc)."""
-    from ...models.descriptors import build_descriptor, finetune_gem
-
+def _checked_config(config: dict, device: str) -> tuple[dict, RetrievalConfig, StructureConfig, CalibrationConfig]:
+    """The map config merged over DEFAULT_CONFIG (and logged), with every section validated before the
+    long work: (merged config, retrieval, structure and calibration configs). Raises ValueError on an
+    unknown key or a bad value, and on an unusable ``device``."""
     unknown = sorted(set(config) - set(DEFAULT_CONFIG))
     if unknown:
         # A typo would otherwise be ignored silently (and an APR training config, which has no
@@ -251,10 +247,12 @@ def build_map(
 
     DecisionConfig.from_dict(cfg["decision"])
     calibration_cfg = CalibrationConfig.from_dict(cfg["calibration"])
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
-    ds = Dataset(data)
+    return cfg, retrieval_cfg, structure_cfg, calibration_cfg
+
+
+def _mapping_frames(ds: Dataset, data: str | Path, split: str, cfg: dict, max_frames: int | None) -> list[FrameRecord]:
+    """The frames of ``split`` (of ``cfg["scene"]`` if set) the map is built from, the first
+    ``max_frames`` if given; ValueError when there are none."""
     frames: list[FrameRecord] = ds.frames(split=split, scene=cfg.get("scene"))
     if max_frames:
         frames = frames[: int(max_frames)]
@@ -262,6 +260,141 @@ def build_map(
         raise ValueError(
             f"{data}: split {split!r} has no frames" + (f" of scene {cfg['scene']!r}" if cfg.get("scene") else "")
         )
+    return frames
+
+
+def _write_keyframes(
+    folder: Path, frames: list[FrameRecord], ds: Dataset, size: tuple[int, int] | None, source: str, progress: bool
+) -> tuple[list[Keyframe], list[dict]]:
+    """Step 1: every frame written into ``folder`` as a keyframe (write_keyframe: image at the
+    processing ``size`` (width, height) in pixels, camera, depth and semantics); the keyframes and
+    their keyframes.json records, in frame order."""
+    keyframes: list[Keyframe] = []
+    records = []
+    for i, fr in enumerate(_progress(frames, len(frames), "keyframes", progress)):
+        kf, rec = write_keyframe(folder, i, fr, ds, size, source)
+        keyframes.append(kf)
+        records.append(rec)
+    return keyframes, records
+
+
+def _keyframe_images(keyframes: list[Keyframe], idx):
+    """The RGB (H, W, 3) uint8 images of ``keyframes[k]`` for k in ``idx``, read one at a time."""
+    for k in idx:
+        yield cv2.cvtColor(cv2.imread(keyframes[k].image_path), cv2.COLOR_BGR2RGB)
+
+
+def _describe_keyframes(
+    folder: Path,
+    descriptor,
+    keyframes: list[Keyframe],
+    cfg: dict,
+    retrieval_cfg: RetrievalConfig,
+    progress: bool,
+    stats: dict,
+) -> np.ndarray:
+    """Step 2: the global descriptor fitted (vocabulary) and optionally fine-tuned with the keyframe
+    poses (its stats in ``stats["finetune"]``), then every keyframe described; saves descriptor/,
+    index.faiss and descriptors.npy in ``folder`` and returns the (N, D) descriptors."""
+    from ...models.descriptors import finetune_gem
+
+    if descriptor.needs_fit():
+        n_fit = min(len(keyframes), int(cfg["fit_max_images"]))
+        sel = np.linspace(0, len(keyframes) - 1, n_fit).round().astype(int)
+        log.info("fitting %s on %d mapping images", descriptor.name, n_fit)
+        descriptor.fit(_progress(_keyframe_images(keyframes, sel), n_fit, "descriptor fit", progress), n_fit)
+    if cfg.get("finetune"):
+        if not hasattr(descriptor, "net"):
+            raise ValueError(f"descriptor {descriptor.name!r} is training-free; finetune needs gem or netvlad")
+        imgs = list(_keyframe_images(keyframes, range(len(keyframes))))
+        poses = np.stack([kf.T_world_cam for kf in keyframes])
+        stats["finetune"] = finetune_gem(descriptor, imgs, poses, progress=progress, **cfg["finetune"])
+        log.info("descriptor fine-tuning: %s", stats["finetune"])
+    images = _keyframe_images(keyframes, range(len(keyframes)))
+    desc = np.stack([descriptor.describe(img) for img in _progress(images, len(keyframes), "descriptors", progress)])
+    descriptor.save(folder / "descriptor")
+    DescriptorIndex(desc, retrieval_cfg.index_kind(len(desc))).save(folder / "index.faiss")
+    np.save(folder / "descriptors.npy", desc.astype(np.float32))
+    return desc
+
+
+def _save_local_features(folder: Path, estimator, keyframes: list[Keyframe], progress: bool, stats: dict) -> None:
+    """Step 3: the estimator's caches (local features) of every keyframe, saved to ``folder/features``;
+    the time taken in ``stats["features_seconds"]`` (seconds)."""
+    t0 = time.perf_counter()
+    images = _keyframe_images(keyframes, range(len(keyframes)))
+    for i, img in enumerate(_progress(images, len(keyframes), "local features", progress)):
+        estimator.prepare_keyframe(keyframes[i], img)
+    stats["features_seconds"] = time.perf_counter() - t0
+    # run-time memos ("_" keys) are not map content
+    save_feature_arrays(folder / "features", [{k: v for k, v in kf.cache.items() if not k.startswith("_")}
+                                              for kf in keyframes])  # fmt: skip
+
+
+def _copy_checkpoint(folder: Path, cfg: dict) -> None:
+    """Step 4: a learned estimator's checkpoint (file or folder) copied into ``folder/estimator``, and
+    ``cfg["estimator"]["checkpoint"]`` made relative to the artifact, so it is self-contained."""
+    ckpt = cfg["estimator"].get("checkpoint")
+    if ckpt:
+        src = Path(ckpt)
+        dst = folder / "estimator" / src.name
+        dst.parent.mkdir()
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+        cfg["estimator"]["checkpoint"] = str(dst.relative_to(folder))
+
+
+def _map_meta(
+    cfg: dict,
+    descriptor,
+    desc: np.ndarray,
+    size: tuple[int, int] | None,
+    records: list[dict],
+    source: str,
+    ds: Dataset,
+    data: str | Path,
+    split: str,
+    stats: dict,
+) -> dict:
+    """Step 5: the artifact.json content (see module doc) before finish_map adds files and calibration;
+    ``size`` is (width, height) in pixels, ``created_unix`` seconds since the epoch."""
+    return {
+        "kind": "relpose",
+        "format_version": FORMAT_VERSION,
+        "estimator": cfg["estimator"]["name"],
+        "descriptor": descriptor.name,
+        "descriptor_dim": int(desc.shape[1]),
+        "image_size": list(size) if size else None,
+        "n_keyframes": len(records),
+        "has_depth": any(r["depth"] for r in records),
+        "structure": source,
+        "has_semantic": any(r["semantic"] for r in records),
+        "scenes": sorted({r["scene"] for r in records}),
+        "classes": {str(k): v for k, v in ds.classes.items()},
+        "source": {"dataset": str(Path(data).resolve()), "split": split},
+        "created_unix": time.time(),
+        "stats": stats,
+    }
+
+
+def build_map(
+    config: dict,
+    data: str | Path,
+    out: str | Path,
+    split: str = "train",
+    overwrite: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+    max_frames: int | None = None,
+) -> Path:
+    """Build a relpose map artifact from ``split`` of dataset ``data`` into ``out`` (see module doc)."""
+    from ...models.descriptors import build_descriptor
+
+    cfg, retrieval_cfg, structure_cfg, calibration_cfg = _checked_config(config, device)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
+    ds = Dataset(data)
+    frames = _mapping_frames(ds, data, split, cfg, max_frames)
     source = structure_source(structure_cfg.source, ds, frames, cfg["estimator"]["name"])
     log.info(
         "map build: %d frames of %s split %s; 3D structure: %s; config %s",
@@ -275,52 +408,13 @@ def build_map(
         size = tuple(int(x) for x in cfg["image_size"]) if cfg.get("image_size") else None
         estimator = build_estimator(cfg["estimator"], device)
         descriptor = build_descriptor(cfg["descriptor"], device)
-
-        # 1. keyframes: images at the processing size, cameras, depth and semantics copied in
-        keyframes: list[Keyframe] = []
-        records = []
-        for i, fr in enumerate(_progress(frames, len(frames), "keyframes", progress)):
-            kf, rec = write_keyframe(tmp, i, fr, ds, size, source)
-            keyframes.append(kf)
-            records.append(rec)
-
-        def _images(idx):
-            for k in idx:
-                yield cv2.cvtColor(cv2.imread(keyframes[k].image_path), cv2.COLOR_BGR2RGB)
-
-        # 2. global descriptor: fit (vocabulary), optional fine-tuning with the poses, describe all
         stats: dict = {}
-        if descriptor.needs_fit():
-            n_fit = min(len(keyframes), int(cfg["fit_max_images"]))
-            sel = np.linspace(0, len(keyframes) - 1, n_fit).round().astype(int)
-            log.info("fitting %s on %d mapping images", descriptor.name, n_fit)
-            descriptor.fit(_progress(_images(sel), n_fit, "descriptor fit", progress), n_fit)
-        if cfg.get("finetune"):
-            if not hasattr(descriptor, "net"):
-                raise ValueError(f"descriptor {descriptor.name!r} is training-free; finetune needs gem or netvlad")
-            imgs = list(_images(range(len(keyframes))))
-            poses = np.stack([kf.T_world_cam for kf in keyframes])
-            stats["finetune"] = finetune_gem(descriptor, imgs, poses, progress=progress, **cfg["finetune"])
-            log.info("descriptor fine-tuning: %s", stats["finetune"])
-        desc = np.stack(
-            [
-                descriptor.describe(img)
-                for img in _progress(_images(range(len(keyframes))), len(keyframes), "descriptors", progress)
-            ]
-        )
-        descriptor.save(tmp / "descriptor")
-        DescriptorIndex(desc, retrieval_cfg.index_kind(len(desc))).save(tmp / "index.faiss")
-        np.save(tmp / "descriptors.npy", desc.astype(np.float32))
-
+        # 1. keyframes: images at the processing size, cameras, depth and semantics copied in
+        keyframes, records = _write_keyframes(tmp, frames, ds, size, source, progress)
+        # 2. global descriptor: fit (vocabulary), optional fine-tuning with the poses, describe all
+        desc = _describe_keyframes(tmp, descriptor, keyframes, cfg, retrieval_cfg, progress, stats)
         # 3. local features (estimator caches) of every keyframe
-        t0 = time.perf_counter()
-        for i, img in enumerate(_progress(_images(range(len(keyframes))), len(keyframes), "local features", progress)):
-            estimator.prepare_keyframe(keyframes[i], img)
-        stats["features_seconds"] = time.perf_counter() - t0
-        # run-time memos ("_" keys) are not map content
-        save_feature_arrays(tmp / "features", [{k: v for k, v in kf.cache.items() if not k.startswith("_")}
-                                               for kf in keyframes])  # fmt: skip
-
+        _save_local_features(tmp, estimator, keyframes, progress, stats)
         # 3b. the 3D structure: registered depth at the keypoints, or triangulated from images + poses
         if source != "none":
             t0 = time.perf_counter()
@@ -328,36 +422,12 @@ def build_map(
             model.save(tmp / "points.npz")
             stats["structure"] = model.stats
             stats["structure_seconds"] = time.perf_counter() - t0
-
         # 4. a learned estimator's checkpoint is copied in, so the artifact is self-contained
-        ckpt = cfg["estimator"].get("checkpoint")
-        if ckpt:
-            src = Path(ckpt)
-            dst = tmp / "estimator" / src.name
-            dst.parent.mkdir()
-            (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
-            cfg["estimator"]["checkpoint"] = str(dst.relative_to(tmp))
-
+        _copy_checkpoint(tmp, cfg)
         # 5. metadata
         (tmp / "keyframes.json").write_text(json.dumps(records))
         (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        meta = {
-            "kind": "relpose",
-            "format_version": FORMAT_VERSION,
-            "estimator": cfg["estimator"]["name"],
-            "descriptor": descriptor.name,
-            "descriptor_dim": int(desc.shape[1]),
-            "image_size": list(size) if size else None,
-            "n_keyframes": len(keyframes),
-            "has_depth": any(r["depth"] for r in records),
-            "structure": source,
-            "has_semantic": any(r["semantic"] for r in records),
-            "scenes": sorted({r["scene"] for r in records}),
-            "classes": {str(k): v for k, v in ds.classes.items()},
-            "source": {"dataset": str(Path(data).resolve()), "split": split},
-            "created_unix": time.time(),
-            "stats": stats,
-        }
+        meta = _map_meta(cfg, descriptor, desc, size, records, source, ds, data, split, stats)
         finish_map(tmp, meta, calibration_cfg, device, progress)
     log.info("map written to %s (%d keyframes)", out, len(keyframes))
     return out
