@@ -316,12 +316,55 @@ def open_bag(bag_path: Path):
 def _convert(
     bag_path: Path, out: str | Path, o: FromBagOptions, overwrite: bool, progress: bool, reader
 ) -> FromBagSummary:
+    """One conversion of ``reader`` (rosbags' or the salvage reader of ``bag_path``) into ``out``:
+    topics checked, pass 1 (poses, TF, camera_info), pass 2 (images and depth, written as frames)."""
     summary = FromBagSummary()
     if isinstance(reader, SalvageReader):
         summary.notes.extend(reader.report)
     max_gap_ns = round(o.max_gap_s * 1e9)
-    depth_dt_ns = round(o.depth_max_dt_s * 1e9)
     scene = o.scene or bag_path.name
+    img_conns, depth_conns, info_conns, info_topic = _checked_topics(reader, o)
+
+    # ---------------------------------------------------------------- pass 1: small topics
+    t_start = time.perf_counter()
+    graph, pose_samples, cams = _read_small_topics(reader, o, info_conns, info_topic, summary)
+    world, body, world_body, pose_skip_reason = _pose_source(o, graph, pose_samples, max_gap_ns, summary)
+    source = _source_manifest(bag_path, o, info_topic, world, body)
+
+    # ---------------------------------------------------------------- pass 2: images
+    t_pass2 = time.perf_counter()
+    summary.timings["pass1_s"] = t_pass2 - t_start
+    writer = DatasetWriter(out, source=source, overwrite=overwrite)
+    with writer:
+        writer.set_scene(scene)
+        writer.set_sequence(scene, o.sequence, condition=o.condition)
+        writer.set_split(o.split, [f"{scene}/{o.sequence}"])
+        _write_images(
+            reader, writer, o, scene, img_conns, depth_conns, cams, graph, body, source, world_body,
+            pose_skip_reason, summary, progress,
+        )  # fmt: skip
+        _add_notes(o, summary)
+        if summary.n_frames == 0:
+            raise BagError(
+                "no frame could be written:\n"
+                + "\n".join(summary.lines())
+                + "\n(check --max-gap, the pose source and the image topic)"
+            )
+        summary.timings["pass2_s"] = time.perf_counter() - t_pass2
+        writer.manifest["source"]["summary"] = summary.to_dict()
+        t_commit = time.perf_counter()
+    summary.timings["commit_s"] = time.perf_counter() - t_commit
+    summary.out = Path(out)
+    for line in summary.lines():
+        log.info(line)
+    log.debug("timings: %s", {k: round(v, 3) for k, v in summary.timings.items()})
+    return summary
+
+
+def _checked_topics(reader, o: FromBagOptions) -> tuple[list, list, list, str | None]:
+    """The connections of the image, depth and camera_info topics and the camera_info topic used
+    (``o.camera_info_topic``, else the one beside the image topic if recorded, else None); BagError
+    when a requested topic is missing or has the wrong type, or there are no intrinsics."""
     img_conns = _connections(reader, o.image_topic)
     if not img_conns:
         raise BagError(f"image topic {o.image_topic!r} is not in the bag; topics: {_topics_listing(reader)}")
@@ -347,9 +390,15 @@ def _convert(
             f"no camera_info found for {o.image_topic} (tried {_default_camera_info_topic(o.image_topic)}); "
             "pass --camera-info-topic or --intrinsics"
         )
+    return img_conns, depth_conns, info_conns, info_topic
 
-    # ---------------------------------------------------------------- pass 1: small topics
-    t_start = time.perf_counter()
+
+def _read_small_topics(
+    reader, o: FromBagOptions, info_conns: list, info_topic: str | None, summary: FromBagSummary
+) -> tuple[FrameGraph, list[PoseSample], list[tuple[int, PinholeCamera]]]:
+    """Pass 1: the pose topic, TF and camera_info read into (TF graph, pose samples, cameras as
+    (stamp ns, camera) where the calibration changes, sorted by stamp); malformed messages counted
+    in ``summary``. BagError when the pose source is missing or no camera_info is usable."""
     graph = FrameGraph()
     pose_samples: list[PoseSample] = []
     cams: list[tuple[int, PinholeCamera]] = []  # (stamp, camera) where the calibration changes
@@ -412,9 +461,16 @@ def _convert(
             f"{info_topic} has no usable camera_info message: {'; '.join(info_errors.values()) or 'none read'}"
         )
     cams.sort(key=lambda c: c[0])
-    cam_stamps = np.array([c[0] for c in cams], dtype=np.int64)
+    return graph, pose_samples, cams
 
-    # The pose source: T_world_body(t) and the name of body.
+
+def _pose_source(
+    o: FromBagOptions, graph: FrameGraph, pose_samples: list[PoseSample], max_gap_ns: int, summary: FromBagSummary
+):
+    """The pose source: (world frame, body frame, ``world_body(stamps ns) -> (T_world_body (N,4,4),
+    valid (N,))``, ``pose_skip_reason(stamp ns) -> str`` for the summary) from the pose topic's
+    samples or the TF ``graph`` (``--pose-tf``); poses further than ``max_gap_ns`` from a sample are
+    invalid."""
     if o.pose_topic:
         if not pose_samples:
             raise BagError(f"pose topic {o.pose_topic} has no usable message")
@@ -450,7 +506,12 @@ def _convert(
                 f"(outside the recorded transforms or a gap > --max-gap {o.max_gap_s} s)"
             )
 
-    source = {
+    return world, body, world_body, pose_skip_reason
+
+
+def _source_manifest(bag_path: Path, o: FromBagOptions, info_topic: str | None, world: str, body: str) -> dict:
+    """The dataset manifest's ``source`` entry: where the frames and poses came from."""
+    return {
         "type": "rosbag2",
         "path": str(bag_path.resolve()),
         "storage": _storage_of(bag_path),
@@ -464,9 +525,28 @@ def _convert(
         "stamps": "image header stamps" if o.stamps == "header" else "bag record times (--stamps bag)",
     }
 
-    # ---------------------------------------------------------------- pass 2: images
-    t_pass2 = time.perf_counter()
-    summary.timings["pass1_s"] = t_pass2 - t_start
+
+def _write_images(
+    reader,
+    writer: DatasetWriter,
+    o: FromBagOptions,
+    scene: str,
+    img_conns: list,
+    depth_conns: list,
+    cams: list[tuple[int, PinholeCamera]],
+    graph: FrameGraph,
+    body: str,
+    source: dict,
+    world_body,
+    pose_skip_reason,
+    summary: FromBagSummary,
+    progress: bool,
+) -> None:
+    """Pass 2: every image (each ``o.stride``-th) given its pose (``world_body`` @ the camera
+    extrinsic) and the depth image nearest in time, then written to ``writer`` by worker threads;
+    counts in ``summary``."""
+    depth_dt_ns = round(o.depth_max_dt_s * 1e9)
+    cam_stamps = np.array([c[0] for c in cams], dtype=np.int64)
     resolved: dict[str, dict] = {}  # image frame_id -> {"fn": stamps -> (T_body_cam, valid)}
 
     def body_cam(frame_id: str, stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -474,7 +554,6 @@ def _convert(
             resolved[frame_id] = _resolve_extrinsic(o, graph, body, frame_id, source)
         return resolved[frame_id]["fn"](stamps)
 
-    writer = DatasetWriter(out, source=source, overwrite=overwrite)
     # Encoding and writing run on worker threads (numpy copies, zlib, crc32 and file writes
     # release the GIL), overlapping with reading and deserializing the next messages in this
     # thread. PNGs are encoded and written in parallel (DatasetWriter.add_frame is thread-safe
@@ -483,162 +562,147 @@ def _convert(
     pool = ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="from-bag-writer")
     inflight: deque = deque()
     max_inflight = 2 * WRITER_THREADS
-    with writer:
-        writer.set_scene(scene)
-        writer.set_sequence(scene, o.sequence, condition=o.condition)
-        writer.set_split(o.split, [f"{scene}/{o.sequence}"])
-        pending: deque = deque()  # images waiting for their depth: (bag_t, stamp, frame dict)
-        depths: deque = deque()  # recent depth images: (bag_t, stamp, depth_m)
-        batch: list[tuple[int, dict]] = []  # decoded frames waiting for their pose: (bag_t, frame)
-        seen_stamps: set[int] = set()
-        n_total = sum(c.msgcount for c in img_conns)
-        img_ids = {c.id for c in img_conns}
-        bar = tqdm(total=n_total, unit="img", desc="from-bag", disable=not progress)
-        index = -1
-        window_ns = max(depth_dt_ns, 1_000_000_000)  # bag-time window to wait for a matching depth
+    pending: deque = deque()  # images waiting for their depth: (bag_t, stamp, frame dict)
+    depths: deque = deque()  # recent depth images: (bag_t, stamp, depth_m)
+    batch: list[tuple[int, dict]] = []  # decoded frames waiting for their pose: (bag_t, frame)
+    seen_stamps: set[int] = set()
+    n_total = sum(c.msgcount for c in img_conns)
+    img_ids = {c.id for c in img_conns}
+    bar = tqdm(total=n_total, unit="img", desc="from-bag", disable=not progress)
+    index = -1
+    window_ns = max(depth_dt_ns, 1_000_000_000)  # bag-time window to wait for a matching depth
 
-        def write_job(frame: dict, depth_m: np.ndarray | None) -> None:
-            if frame["pixels"] is None:
-                data = frame["bytes"]
-            else:
-                if not hasattr(_scratch, "d"):
-                    _scratch.d = {}
-                data = encode_png(frame["pixels"], o.png_level, scratch=_scratch.d)
-            writer.add_frame(  # thread-safe; the files are written in parallel
-                scene,
-                o.sequence,
-                frame["name"],
-                frame["stamp"],
-                frame["T_world_cam"],
-                frame["camera"],
-                rgb_encoded=data,
-                rgb_ext=frame["ext"],
-                depth_m_HW=depth_m,
-            )
+    def write_job(frame: dict, depth_m: np.ndarray | None) -> None:
+        if frame["pixels"] is None:
+            data = frame["bytes"]
+        else:
+            if not hasattr(_scratch, "d"):
+                _scratch.d = {}
+            data = encode_png(frame["pixels"], o.png_level, scratch=_scratch.d)
+        writer.add_frame(  # thread-safe; the files are written in parallel
+            scene,
+            o.sequence,
+            frame["name"],
+            frame["stamp"],
+            frame["T_world_cam"],
+            frame["camera"],
+            rgb_encoded=data,
+            rgb_ext=frame["ext"],
+            depth_m_HW=depth_m,
+        )
 
-        def emit(frame: dict, depth_m: np.ndarray | None) -> None:
-            if depth_m is not None and depth_m.shape != (frame["camera"].height, frame["camera"].width):
-                summary.malformed[f"{o.depth_topic}: size differs from the colour image"] += 1
-                depth_m = None
-            while len(inflight) >= max_inflight:
-                inflight.popleft().result()  # re-raises a failure of the worker here
-            inflight.append(pool.submit(write_job, frame, depth_m))
-            summary.n_frames += 1
-            summary.n_with_depth += depth_m is not None
+    def emit(frame: dict, depth_m: np.ndarray | None) -> None:
+        if depth_m is not None and depth_m.shape != (frame["camera"].height, frame["camera"].width):
+            summary.malformed[f"{o.depth_topic}: size differs from the colour image"] += 1
+            depth_m = None
+        while len(inflight) >= max_inflight:
+            inflight.popleft().result()  # re-raises a failure of the worker here
+        inflight.append(pool.submit(write_job, frame, depth_m))
+        summary.n_frames += 1
+        summary.n_with_depth += depth_m is not None
 
-        def flush(now_bag_t: int | None) -> None:
-            # Frames whose depth did not arrive within the window are written without depth.
-            while pending and (now_bag_t is None or now_bag_t - pending[0][0] > window_ns):
-                _, _, fr = pending.popleft()
-                summary.n_without_depth += 1
+    def flush(now_bag_t: int | None) -> None:
+        # Frames whose depth did not arrive within the window are written without depth.
+        while pending and (now_bag_t is None or now_bag_t - pending[0][0] > window_ns):
+            _, _, fr = pending.popleft()
+            summary.n_without_depth += 1
+            emit(fr, None)
+        while depths and now_bag_t is not None and now_bag_t - depths[0][0] > window_ns:
+            depths.popleft()
+
+    def process_batch() -> None:
+        # Poses of a batch of frames in one vectorised interpolation (one call per frame
+        # would cost more than reading the image).
+        if not batch:
+            return
+        stamps = np.array([fr["stamp"] for _, fr in batch], dtype=np.int64)
+        T_wb, ok_wb = world_body(stamps)
+        T_bc, ok_bc = body_cam(batch[0][1]["frame_id"], stamps)
+        for k, (bag_t, fr) in enumerate(batch):
+            if not ok_wb[k]:
+                summary.skipped[pose_skip_reason(fr["stamp"])] += 1
+                continue
+            if not ok_bc[k]:
+                summary.skipped["no camera extrinsic (TF) within --max-gap of the stamp"] += 1
+                continue
+            fr["T_world_cam"] = T_wb[k] @ T_bc[k]
+            if not depth_conns:
                 emit(fr, None)
-            while depths and now_bag_t is not None and now_bag_t - depths[0][0] > window_ns:
-                depths.popleft()
+                continue
+            match = _nearest(depths, fr["stamp"], depth_dt_ns)
+            if match is not None:
+                emit(fr, match)
+            else:
+                pending.append((bag_t, fr["stamp"], fr))
+            flush(bag_t)
+        batch.clear()
 
-        def process_batch() -> None:
-            # Poses of a batch of frames in one vectorised interpolation (one call per frame
-            # would cost more than reading the image).
-            if not batch:
-                return
-            stamps = np.array([fr["stamp"] for _, fr in batch], dtype=np.int64)
-            T_wb, ok_wb = world_body(stamps)
-            T_bc, ok_bc = body_cam(batch[0][1]["frame_id"], stamps)
-            for k, (bag_t, fr) in enumerate(batch):
-                if not ok_wb[k]:
-                    summary.skipped[pose_skip_reason(fr["stamp"])] += 1
+    try:
+        for conn, bag_t, raw in reader.messages(connections=img_conns + depth_conns):
+            if conn.id in img_ids:
+                index += 1
+                bar.update(1)
+                summary.n_image_messages += 1
+                summary.image_bytes += len(raw)
+                if index % o.stride:
+                    summary.skipped[f"--stride {o.stride}"] += 1
                     continue
-                if not ok_bc[k]:
-                    summary.skipped["no camera extrinsic (TF) within --max-gap of the stamp"] += 1
+                frame = _image_frame(reader, conn, raw, index, o, cams, cam_stamps, summary, bag_t)
+                if frame is None:
                     continue
-                fr["T_world_cam"] = T_wb[k] @ T_bc[k]
-                if not depth_conns:
-                    emit(fr, None)
+                if frame["stamp"] in seen_stamps:
+                    summary.skipped["duplicate image stamp"] += 1
                     continue
-                match = _nearest(depths, fr["stamp"], depth_dt_ns)
-                if match is not None:
-                    emit(fr, match)
-                else:
-                    pending.append((bag_t, fr["stamp"], fr))
-                flush(bag_t)
-            batch.clear()
+                seen_stamps.add(frame["stamp"])
+                if batch and frame["frame_id"] != batch[0][1]["frame_id"]:
+                    process_batch()  # one extrinsic per batch
+                batch.append((bag_t, frame))
+                if len(batch) >= POSE_BATCH:
+                    process_batch()
+                continue
+            process_batch()  # depth pairing sees every earlier image
+            try:
+                dmsg = reader.deserialize(raw, conn.msgtype)
+                d = (bag_t, _msg_time(o, stamp_ns(dmsg.header), bag_t), depth_metres(dmsg, o.max_image_pixels))
+            except MalformedMessageError as err:
+                summary.malformed[f"{conn.topic}: {err.reason}"] += 1
+                continue
+            except Exception as err:
+                summary.malformed[f"{conn.topic}: cannot deserialize"] += 1
+                log.debug("%s: %s", conn.topic, err)
+                continue
+            # pair with a waiting image if one is close enough in time
+            for i, (_, st, fr) in enumerate(pending):
+                if abs(st - d[1]) <= depth_dt_ns:
+                    del pending[i]
+                    emit(fr, d[2])
+                    break
+            else:
+                depths.append(d)
+            flush(bag_t)
+        process_batch()
+        flush(None)
+        while inflight:
+            inflight.popleft().result()
+    finally:
+        # On any failure (or Ctrl-C) stop the worker before the writer removes its folder.
+        pool.shutdown(wait=True, cancel_futures=True)
+    bar.close()
 
-        try:
-            for conn, bag_t, raw in reader.messages(connections=img_conns + depth_conns):
-                if conn.id in img_ids:
-                    index += 1
-                    bar.update(1)
-                    summary.n_image_messages += 1
-                    summary.image_bytes += len(raw)
-                    if index % o.stride:
-                        summary.skipped[f"--stride {o.stride}"] += 1
-                        continue
-                    frame = _image_frame(reader, conn, raw, index, o, cams, cam_stamps, summary, bag_t)
-                    if frame is None:
-                        continue
-                    if frame["stamp"] in seen_stamps:
-                        summary.skipped["duplicate image stamp"] += 1
-                        continue
-                    seen_stamps.add(frame["stamp"])
-                    if batch and frame["frame_id"] != batch[0][1]["frame_id"]:
-                        process_batch()  # one extrinsic per batch
-                    batch.append((bag_t, frame))
-                    if len(batch) >= POSE_BATCH:
-                        process_batch()
-                    continue
-                process_batch()  # depth pairing sees every earlier image
-                try:
-                    dmsg = reader.deserialize(raw, conn.msgtype)
-                    d = (bag_t, _msg_time(o, stamp_ns(dmsg.header), bag_t), depth_metres(dmsg, o.max_image_pixels))
-                except MalformedMessageError as err:
-                    summary.malformed[f"{conn.topic}: {err.reason}"] += 1
-                    continue
-                except Exception as err:
-                    summary.malformed[f"{conn.topic}: cannot deserialize"] += 1
-                    log.debug("%s: %s", conn.topic, err)
-                    continue
-                # pair with a waiting image if one is close enough in time
-                for i, (_, st, fr) in enumerate(pending):
-                    if abs(st - d[1]) <= depth_dt_ns:
-                        del pending[i]
-                        emit(fr, d[2])
-                        break
-                else:
-                    depths.append(d)
-                flush(bag_t)
-            process_batch()
-            flush(None)
-            while inflight:
-                inflight.popleft().result()
-        finally:
-            # On any failure (or Ctrl-C) stop the worker before the writer removes its folder.
-            pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
-        if summary.n_without_depth:
-            summary.notes.append(
-                f"{summary.n_without_depth} frames written without depth (no valid depth image within "
-                f"{o.depth_max_dt_s} s of their stamp)"
-            )
-        n_dup = summary.skipped.get("duplicate image stamp", 0)
-        if n_dup > summary.n_image_messages // 2:
-            summary.notes.append(
-                f"{n_dup} of {summary.n_image_messages} images repeat an earlier header stamp: the camera "
-                "driver may not stamp its images (header.stamp), which from-bag needs to match poses"
-            )
-        if summary.n_frames == 0:
-            raise BagError(
-                "no frame could be written:\n"
-                + "\n".join(summary.lines())
-                + "\n(check --max-gap, the pose source and the image topic)"
-            )
-        summary.timings["pass2_s"] = time.perf_counter() - t_pass2
-        writer.manifest["source"]["summary"] = summary.to_dict()
-        t_commit = time.perf_counter()
-    summary.timings["commit_s"] = time.perf_counter() - t_commit
-    summary.out = Path(out)
-    for line in summary.lines():
-        log.info(line)
-    log.debug("timings: %s", {k: round(v, 3) for k, v in summary.timings.items()})
-    return summary
+
+def _add_notes(o: FromBagOptions, summary: FromBagSummary) -> None:
+    """Notes on frames written without depth and on images that repeat a header stamp."""
+    if summary.n_without_depth:
+        summary.notes.append(
+            f"{summary.n_without_depth} frames written without depth (no valid depth image within "
+            f"{o.depth_max_dt_s} s of their stamp)"
+        )
+    n_dup = summary.skipped.get("duplicate image stamp", 0)
+    if n_dup > summary.n_image_messages // 2:
+        summary.notes.append(
+            f"{n_dup} of {summary.n_image_messages} images repeat an earlier header stamp: the camera "
+            "driver may not stamp its images (header.stamp), which from-bag needs to match poses"
+        )
 
 
 def _storage_of(bag_path: Path) -> str:
