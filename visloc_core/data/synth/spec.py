@@ -348,7 +348,38 @@ def parse_scene(data: dict, source: str = "<dict>") -> SceneSpec:
     if kind not in ("indoor", "outdoor"):
         raise SceneSpecError(f"{source}.kind: {kind!r} is not indoor or outdoor")
     seed = int(k.get("seed", 0, int))
+    cam = _parse_camera(k, source)
+    T_base_cameralink = _parse_mount(k, source)
+    room, ground = _parse_surroundings(k, kind, source)
+    objects = _parse_objects(k, source)
+    actors = _parse_actors(k, source)
+    conditions = _parse_conditions(k, source)
+    sequences = _parse_sequences(k, conditions, source)
+    _check_actor_counts(actors, conditions, sequences, source)
+    odom_rate_factor, drift = _parse_odometry(k, source)
+    k.done()
+    return SceneSpec(
+        name=name,
+        description=description,
+        kind=kind,
+        seed=seed,
+        camera=cam,
+        T_base_cameralink=T_base_cameralink,
+        room=room,
+        ground=ground,
+        objects=objects,
+        actors=actors,
+        conditions=conditions,
+        sequences=sequences,
+        odom_rate_factor=odom_rate_factor,
+        odom_drift=drift,
+        source_path=source,
+    )
 
+
+def _parse_camera(k: _Keys, source: str) -> CameraSpec:
+    """The ``camera`` section: image size (pixels), horizontal field of view (degrees), frame rate
+    (Hz) and clip planes (metres), defaults from :class:`CameraSpec`."""
     ck = _Keys(k.get("camera", {}), f"{source}.camera")
     cam = CameraSpec()
     cam.width = int(ck.get("width", cam.width, int))
@@ -360,13 +391,23 @@ def parse_scene(data: dict, source: str = "<dict>") -> SceneSpec:
         raise SceneSpecError(f"{source}.camera: need size >= 8x8, 10 < hfov_deg < 170, rate_hz > 0")
     if not (0 < cam.near < cam.far):
         raise SceneSpecError(f"{source}.camera: need 0 < near < far")
+    return cam
 
+
+def _parse_mount(k: _Keys, source: str) -> np.ndarray:
+    """The ``mount`` section as T_base_cameralink (4x4): ``xyz`` in metres, ``rpy_deg`` roll, pitch,
+    yaw in degrees."""
     mk = _Keys(k.get("mount", {}), f"{source}.mount")
     xyz = mk.vec("xyz", 3, [0.1, 0.0, 0.3])
     rpy = np.radians(mk.vec("rpy_deg", 3, [0.0, 5.0, 0.0]))
     mk.done()
     T_base_cameralink = T_from_R_t(R_from_rpy(*rpy), xyz)
+    return T_base_cameralink
 
+
+def _parse_surroundings(k: _Keys, kind: str, source: str) -> tuple[dict | None, dict | None]:
+    """(room, ground): an indoor scene's ``room`` (size [x, y, z] in metres, floor, ceiling and 4 wall
+    materials), or an outdoor scene's ``ground`` (size [x, y] in metres, material); the other is None."""
     room = None
     ground = None
     if kind == "indoor":
@@ -389,7 +430,11 @@ def parse_scene(data: dict, source: str = "<dict>") -> SceneSpec:
         size = gk.vec("size", 2, [80.0, 80.0])
         ground = {"size": size, "material": _material(gk.get("material"), f"{source}.ground.material")}
         gk.done()
+    return room, ground
 
+
+def _parse_objects(k: _Keys, source: str) -> list[ObjectSpec]:
+    """The ``objects`` list: boxes and quads (center and size in metres, yaw in degrees, class, materials)."""
     objects = []
     for i, od in enumerate(k.get("objects", [], list)):
         w = f"{source}.objects[{i}]"
@@ -425,7 +470,11 @@ def parse_scene(data: dict, source: str = "<dict>") -> SceneSpec:
             )
         )
         ok.done()
+    return objects
 
+
+def _parse_actors(k: _Keys, source: str) -> list[ActorSpec]:
+    """The ``actors`` list: people and vehicles moving along closed paths (speed in m/s)."""
     actors = []
     for i, ad in enumerate(k.get("actors", [], list)):
         w = f"{source}.actors[{i}]"
@@ -450,7 +499,12 @@ def parse_scene(data: dict, source: str = "<dict>") -> SceneSpec:
             )
         )
         ak.done()
+    return actors
 
+
+def _parse_conditions(k: _Keys, source: str) -> dict[str, ConditionSpec]:
+    """The built-in conditions, updated and extended by the ``conditions`` mapping (each based on
+    ``base``, by default itself if built in, else ``day``)."""
     conditions: dict[str, ConditionSpec] = dict(copy.deepcopy(BUILTIN_CONDITIONS))
     for cname, cd in (k.get("conditions", {}, dict) or {}).items():
         cd = dict(cd or {})
@@ -458,7 +512,12 @@ def parse_scene(data: dict, source: str = "<dict>") -> SceneSpec:
         if base_name not in conditions:
             raise SceneSpecError(f"{source}.conditions.{cname}.base: unknown condition {base_name!r}")
         conditions[cname] = _condition(cname, cd, f"{source}.conditions.{cname}", conditions[base_name])
+    return conditions
 
+
+def _parse_sequences(k: _Keys, conditions: dict[str, ConditionSpec], source: str) -> list[SequenceSpec]:
+    """The ``sequences`` list (at least one): unique names, split, a known condition, frame count,
+    trajectory and start time ``t0_s`` in seconds."""
     sequences = []
     seen = set()
     for i, sd in enumerate(k.get("sequences", [], list)):
@@ -481,7 +540,13 @@ def parse_scene(data: dict, source: str = "<dict>") -> SceneSpec:
         sequences.append(SequenceSpec(sname, split, cond, n, traj, t0))
     if not sequences:
         raise SceneSpecError(f"{source}: 'sequences' is empty; add at least one mapping (split: train) sequence")
+    return sequences
 
+
+def _check_actor_counts(
+    actors: list[ActorSpec], conditions: dict[str, ConditionSpec], sequences: list[SequenceSpec], source: str
+) -> None:
+    """SceneSpecError when a sequence's condition wants more people or vehicles than the scene's actors."""
     n_people = sum(a.kind == "person" for a in actors)
     n_veh = sum(a.kind == "vehicle" for a in actors)
     for s in sequences:
@@ -492,6 +557,10 @@ def parse_scene(data: dict, source: str = "<dict>") -> SceneSpec:
                 f"vehicles but the scene defines {n_people} person and {n_veh} vehicle actors; add actors"
             )
 
+
+def _parse_odometry(k: _Keys, source: str) -> tuple[int, dict]:
+    """(``odom_rate_factor`` >= 1, the ``odom_drift`` model: relative scale error, heading bias in
+    degrees per metre, random walks in metres and degrees per sqrt(metre))."""
     odom_rate_factor = int(k.get("odom_rate_factor", 2, int))
     if odom_rate_factor < 1:
         raise SceneSpecError(f"{source}.odom_rate_factor must be >= 1")
@@ -503,24 +572,7 @@ def parse_scene(data: dict, source: str = "<dict>") -> SceneSpec:
         "yaw_noise_deg_per_sqrt_m": float(dk.get("yaw_noise_deg_per_sqrt_m", 0.2, float)),
     }
     dk.done()
-    k.done()
-    return SceneSpec(
-        name=name,
-        description=description,
-        kind=kind,
-        seed=seed,
-        camera=cam,
-        T_base_cameralink=T_base_cameralink,
-        room=room,
-        ground=ground,
-        objects=objects,
-        actors=actors,
-        conditions=conditions,
-        sequences=sequences,
-        odom_rate_factor=odom_rate_factor,
-        odom_drift=drift,
-        source_path=source,
-    )
+    return odom_rate_factor, drift
 
 
 def load_scene(path: str | Path) -> SceneSpec:
