@@ -95,21 +95,17 @@ def _default_artifact(folder: Path, width: int, height: int) -> Path:
     return write_apr_artifact(folder / "bench-posenet", model, cfg, [scene], calib, {"note": "untrained bench model"})
 
 
+STAMP0_NS = 1_000_000_000  # stamp of frame k: STAMP0_NS + k nanoseconds
+MEMORY_BASE_K = 10_000_000  # frame numbers of the memory part start here (after the latency part's)
+
+
 def run(args: argparse.Namespace) -> dict:
     import rclpy
-    import yaml
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import CameraInfo, Image
 
-    from visloc_core.data import messages as rosmsg
-    from visloc_core.evaluation.bench.timing import machine_info, ratio, set_threads
-    from visloc_core.evaluation.replay_scoring import latency_stats as _stats
+    from visloc_core.evaluation.bench.timing import machine_info, set_threads
     from visloc_core.geometry import PinholeCamera
     from visloc_core.localizers.loading import load_localizer
-    from visloc_ros import conversions as conv
-    from visloc_ros.msg import LocalizationResult
-    from visloc_ros.replay import NodeProcess, _ResourceSampler
+    from visloc_ros.replay import NodeProcess
 
     set_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the node subprocess inherits it
@@ -125,149 +121,30 @@ def run(args: argparse.Namespace) -> dict:
     for img in images[:5]:
         loc.localize(img, camera, 0)
 
-    params = {
-        "model": str(artifact.resolve()),
-        "autostart": True,
-        "image_qos": "reliable",
-        "image_qos_depth": 10,
-        "base_frame": "",
-        "max_jump_m": 0.0,
-        "max_jump_deg": 0.0,
-    }
-    params_file = tmp / "node.yaml"
-    params_file.write_text(yaml.safe_dump({"visloc_localizer": {"ros__parameters": params}}))
+    params_file = _write_node_params(tmp, artifact)
     cmd = [sys.executable, "-m", "visloc_ros.localizer_node", "--ros-args", "--params-file", str(params_file)]
     started = not rclpy.ok()
     if started:
         # SIGINT / SIGTERM stay visloc_core.interrupt's (clean stop of the node process), not rclpy's
         rclpy.init(signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
-    node = rclpy.create_node("visloc_bench_node")
-    results: dict[int, float] = {}
-    internal: dict[int, float] = {}
-    stages: dict[int, float] = {}
-
-    def on_result(msg) -> None:
-        s = rosmsg.stamp_ns(msg.header)
-        results[s] = time.perf_counter()
-        internal[s] = 1000.0 * (msg.latency.sec + msg.latency.nanosec * 1e-9)
-        stages[s] = 1000.0 * float(sum(msg.stage_seconds))
-
-    node.create_subscription(LocalizationResult, "localization", on_result, 100)
-    image_pub = node.create_publisher(Image, "image", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
-    info_pub = node.create_publisher(CameraInfo, "camera_info", 10)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    spin = threading.Thread(target=executor.spin, daemon=True)
-    spin.start()
+    link = _NodeLink(tmp)
     proc = NodeProcess(cmd, tmp / "node.log")
     out: dict = {}
     try:
-        t_end = time.monotonic() + args.startup_timeout
-        while image_pub.get_subscription_count() == 0 or info_pub.get_subscription_count() == 0:
-            if not proc.alive() or time.monotonic() > t_end:
-                raise RuntimeError(f"the node did not activate; see {tmp / 'node.log'}")
-            time.sleep(0.05)
-        info = conv.camera_to_camera_info(camera)
-        msgs = [conv.rgb_to_image(img, "rgb8") for img in images]
-        missed = [0]
-
-        def send(k: int, wait: bool) -> float:
-            # camera_info with every image, as camera drivers do (a single one can be lost while
-            # DDS discovery completes: the node then reports "no camera_info" and drops the image)
-            stamp = conv.ns_to_stamp(1_000_000_000 + k)
-            info.header.stamp = stamp
-            info_pub.publish(info)
-            m = msgs[k % len(msgs)]
-            m.header.stamp = stamp
-            t_pub = time.perf_counter()
-            image_pub.publish(m)
-            if wait:
-                t_stop = time.monotonic() + 10.0
-                while (1_000_000_000 + k) not in results and time.monotonic() < t_stop:
-                    time.sleep(0.0002)
-                missed[0] = 0 if (1_000_000_000 + k) in results else missed[0] + 1
-                if missed[0] >= 5:
-                    raise RuntimeError(
-                        f"the node stopped answering (5 frames without a result); see {tmp / 'node.log'}"
-                    )
-            return t_pub
-
-        for k in range(5):  # warm-up (the first frames may arrive before the first camera_info)
-            t_stop = time.monotonic() + 10.0
-            send(k, False)
-            while (1_000_000_000 + k) not in results and time.monotonic() < t_stop:
-                time.sleep(0.001)
-        e2e, node_ms, own_ms, paired, in_node = [], [], [], [], []
-        for k in range(5, 5 + args.latency_frames):
-            t_pub = send(k, True)
-            s = 1_000_000_000 + k
-            t0 = time.perf_counter()
-            loc.localize(images[k % len(images)], camera, 0)
-            own_ms.append(1000 * (time.perf_counter() - t0))
-            if s in results:
-                e2e.append(1000.0 * (results[s] - t_pub))
-                node_ms.append(internal[s])
-                in_node.append(stages[s])
-                paired.append(e2e[-1] / own_ms[-1])
+        link.wait_until_active(proc, args.startup_timeout)
+        link.prepare(camera, images)
+        link.warm_up()
+        # (a) latency
+        out["latency"] = _measure_latency(args, link, loc, images, camera)
         del loc
-        own, e2e_s, node_s, in_node_s = _stats(own_ms), _stats(e2e), _stats(node_ms), _stats(in_node)
-        out["latency"] = {
-            "frames": args.latency_frames,
-            "image_size": [W, H],
-            "localize_own_ms": own,
-            "node_e2e_ms": e2e_s,
-            "node_internal_ms": node_s,
-            "localize_in_node_ms": in_node_s,
-            "ratio_e2e_over_localize_in_node": ratio(e2e_s.get("median"), in_node_s.get("median")),
-            "ratio_e2e_over_localize": ratio(e2e_s.get("median"), own.get("median")),
-            "ratio_node_internal_over_localize": ratio(node_s.get("median"), own.get("median")),
-            "median_of_paired_ratios": float(np.median(paired)) if paired else None,
-            "target_ratio": 1.10,
-        }
         log.info("latency: %s", out["latency"])
-
+        # (b) memory
         if args.memory_frames > 0:
-            import psutil
-            from tqdm import tqdm
-
-            p = psutil.Process(proc.pid)
-            sampler = _ResourceSampler(proc.pid, period_s=1.0).start()
-            base_k = 10_000_000
-            rss: list[tuple[int, float]] = [(0, p.memory_info().rss / 2**20)]
-            period = 1.0 / args.flood_rate if args.flood else 0.0
-            t_next = time.perf_counter()
-            for k in tqdm(range(args.memory_frames), desc="memory", unit="frame", disable=None):
-                send(base_k + k, not args.flood)
-                if args.flood:
-                    t_next += period
-                    delay = t_next - time.perf_counter()
-                    if delay > 0:
-                        time.sleep(delay)
-                if (k + 1) % args.sample_every == 0:
-                    rss.append((k + 1, p.memory_info().rss / 2**20))
-            time.sleep(1.0)
-            res = sampler.stop()
-            arr = np.array(rss)
-            warm = arr[arr[:, 0] >= 0.1 * args.memory_frames]
-            slope = float(np.polyfit(warm[:, 0] / 1000.0, warm[:, 1], 1)[0]) if len(warm) >= 2 else None
-            answered = sum(1 for k in range(args.memory_frames) if 1_000_000_000 + base_k + k in results)
-            out["memory"] = {
-                "frames_published": args.memory_frames,
-                "frames_answered": answered,
-                "mode": f"flood at {args.flood_rate:g} Hz" if args.flood else "lock-step",
-                "rss_mb_first": float(arr[0, 1]),
-                "rss_mb_last": float(arr[-1, 1]),
-                "rss_mb_after_warmup": float(warm[0, 1]) if len(warm) else None,
-                "rss_slope_mb_per_1k_frames": slope,
-                "rss_samples_mb": [[int(a), round(float(b), 2)] for a, b in arr],
-                "node_cpu_percent_of_one_core": res.get("cpu_percent_of_one_core"),
-            }
-            log.info("memory: slope %.3f MB / 1k frames", slope or float("nan"))
+            out["memory"] = _measure_memory(args, link, proc.pid)
+            log.info("memory: slope %.3f MB / 1k frames", out["memory"]["rss_slope_mb_per_1k_frames"] or float("nan"))
     finally:
         proc.stop()
-        executor.shutdown(timeout_sec=2.0)
-        spin.join(timeout=5.0)
-        node.destroy_node()
+        link.close()
         if started:
             rclpy.try_shutdown()
     # the made artifact and the node log are scratch: removed after a successful run (kept on error)
@@ -280,3 +157,188 @@ def run(args: argparse.Namespace) -> dict:
     )
     out["machine"] = machine_info()
     return out
+
+
+def _write_node_params(tmp: Path, artifact: Path) -> Path:
+    """The localizer node's parameters file in ``tmp``: ``artifact``, autostart, reliable image QoS,
+    no base frame and no jump gate (every result is published)."""
+    import yaml
+
+    params = {
+        "model": str(artifact.resolve()),
+        "autostart": True,
+        "image_qos": "reliable",
+        "image_qos_depth": 10,
+        "base_frame": "",
+        "max_jump_m": 0.0,
+        "max_jump_deg": 0.0,
+    }
+    params_file = tmp / "node.yaml"
+    params_file.write_text(yaml.safe_dump({"visloc_localizer": {"ros__parameters": params}}))
+    return params_file
+
+
+class _NodeLink:
+    """This process's ROS side of the bench: publishes images + camera_info to the node and records,
+    per result stamp (ns), when it arrived (perf_counter, s), the node's own latency (ms) and the
+    localizer's stage time inside the node (ms). A spinning thread receives the results."""
+
+    def __init__(self, tmp: Path) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CameraInfo, Image
+
+        from visloc_ros.msg import LocalizationResult
+
+        self.tmp = tmp
+        self.node = rclpy.create_node("visloc_bench_node")
+        self.results: dict[int, float] = {}
+        self.internal: dict[int, float] = {}
+        self.stages: dict[int, float] = {}
+        self.node.create_subscription(LocalizationResult, "localization", self._on_result, 100)
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.image_pub = self.node.create_publisher(Image, "image", qos)
+        self.info_pub = self.node.create_publisher(CameraInfo, "camera_info", 10)
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self.spin = threading.Thread(target=self.executor.spin, daemon=True)
+        self.spin.start()
+        self.missed = 0
+
+    def _on_result(self, msg) -> None:
+        from visloc_core.data import messages as rosmsg
+
+        s = rosmsg.stamp_ns(msg.header)
+        self.results[s] = time.perf_counter()
+        self.internal[s] = 1000.0 * (msg.latency.sec + msg.latency.nanosec * 1e-9)
+        self.stages[s] = 1000.0 * float(sum(msg.stage_seconds))
+
+    def wait_until_active(self, proc, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s`` seconds) until the node subscribes to images and camera_info."""
+        t_end = time.monotonic() + timeout_s
+        while self.image_pub.get_subscription_count() == 0 or self.info_pub.get_subscription_count() == 0:
+            if not proc.alive() or time.monotonic() > t_end:
+                raise RuntimeError(f"the node did not activate; see {self.tmp / 'node.log'}")
+            time.sleep(0.05)
+
+    def prepare(self, camera, images: list[np.ndarray]) -> None:
+        """The messages sent: ``camera``'s CameraInfo and the rgb8 Images of ``images`` (reused in turn)."""
+        from visloc_ros import conversions as conv
+
+        self.info = conv.camera_to_camera_info(camera)
+        self.msgs = [conv.rgb_to_image(img, "rgb8") for img in images]
+
+    def send(self, k: int, wait: bool) -> float:
+        """Publish frame ``k`` (stamp STAMP0_NS + k ns); with ``wait``, wait up to 10 s for its result.
+        Returns the perf_counter time (s) of publishing. RuntimeError after 5 frames without result."""
+        from visloc_ros import conversions as conv
+
+        # camera_info with every image, as camera drivers do (a single one can be lost while
+        # DDS discovery completes: the node then reports "no camera_info" and drops the image)
+        stamp = conv.ns_to_stamp(STAMP0_NS + k)
+        self.info.header.stamp = stamp
+        self.info_pub.publish(self.info)
+        m = self.msgs[k % len(self.msgs)]
+        m.header.stamp = stamp
+        t_pub = time.perf_counter()
+        self.image_pub.publish(m)
+        if wait:
+            t_stop = time.monotonic() + 10.0
+            while (STAMP0_NS + k) not in self.results and time.monotonic() < t_stop:
+                time.sleep(0.0002)
+            self.missed = 0 if (STAMP0_NS + k) in self.results else self.missed + 1
+            if self.missed >= 5:
+                raise RuntimeError(
+                    f"the node stopped answering (5 frames without a result); see {self.tmp / 'node.log'}"
+                )
+        return t_pub
+
+    def warm_up(self) -> None:
+        """Frames 0-4, each waited for up to 10 s (the first may arrive before the first camera_info)."""
+        for k in range(5):
+            t_stop = time.monotonic() + 10.0
+            self.send(k, False)
+            while (STAMP0_NS + k) not in self.results and time.monotonic() < t_stop:
+                time.sleep(0.001)
+
+    def close(self) -> None:
+        """Stop the spinning thread and destroy the node."""
+        self.executor.shutdown(timeout_sec=2.0)
+        self.spin.join(timeout=5.0)
+        self.node.destroy_node()
+
+
+def _measure_latency(args: argparse.Namespace, link: _NodeLink, loc, images: list[np.ndarray], camera) -> dict:
+    """(a) ``args.latency_frames`` frames lock-step: end-to-end latency, the node's internal latency
+    and stage time, and ``loc.localize`` on the same image right after each (all in ms), with ratios."""
+    from visloc_core.evaluation.bench.timing import ratio
+    from visloc_core.evaluation.replay_scoring import latency_stats as _stats
+
+    e2e, node_ms, own_ms, paired, in_node = [], [], [], [], []
+    for k in range(5, 5 + args.latency_frames):
+        t_pub = link.send(k, True)
+        s = STAMP0_NS + k
+        t0 = time.perf_counter()
+        loc.localize(images[k % len(images)], camera, 0)
+        own_ms.append(1000 * (time.perf_counter() - t0))
+        if s in link.results:
+            e2e.append(1000.0 * (link.results[s] - t_pub))
+            node_ms.append(link.internal[s])
+            in_node.append(link.stages[s])
+            paired.append(e2e[-1] / own_ms[-1])
+    own, e2e_s, node_s, in_node_s = _stats(own_ms), _stats(e2e), _stats(node_ms), _stats(in_node)
+    return {
+        "frames": args.latency_frames,
+        "image_size": [args.width, args.height],
+        "localize_own_ms": own,
+        "node_e2e_ms": e2e_s,
+        "node_internal_ms": node_s,
+        "localize_in_node_ms": in_node_s,
+        "ratio_e2e_over_localize_in_node": ratio(e2e_s.get("median"), in_node_s.get("median")),
+        "ratio_e2e_over_localize": ratio(e2e_s.get("median"), own.get("median")),
+        "ratio_node_internal_over_localize": ratio(node_s.get("median"), own.get("median")),
+        "median_of_paired_ratios": float(np.median(paired)) if paired else None,
+        "target_ratio": 1.10,
+    }
+
+
+def _measure_memory(args: argparse.Namespace, link: _NodeLink, pid: int) -> dict:
+    """(b) ``args.memory_frames`` frames, lock-step or flooded: the node's RSS (MB) every
+    ``args.sample_every`` frames and its least-squares slope (MB per 1000 frames) after the first 10 %."""
+    import psutil
+    from tqdm import tqdm
+
+    from visloc_ros.replay import _ResourceSampler
+
+    p = psutil.Process(pid)
+    sampler = _ResourceSampler(pid, period_s=1.0).start()
+    rss: list[tuple[int, float]] = [(0, p.memory_info().rss / 2**20)]
+    period = 1.0 / args.flood_rate if args.flood else 0.0
+    t_next = time.perf_counter()
+    for k in tqdm(range(args.memory_frames), desc="memory", unit="frame", disable=None):
+        link.send(MEMORY_BASE_K + k, not args.flood)
+        if args.flood:
+            t_next += period
+            delay = t_next - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        if (k + 1) % args.sample_every == 0:
+            rss.append((k + 1, p.memory_info().rss / 2**20))
+    time.sleep(1.0)
+    res = sampler.stop()
+    arr = np.array(rss)
+    warm = arr[arr[:, 0] >= 0.1 * args.memory_frames]
+    slope = float(np.polyfit(warm[:, 0] / 1000.0, warm[:, 1], 1)[0]) if len(warm) >= 2 else None
+    answered = sum(1 for k in range(args.memory_frames) if STAMP0_NS + MEMORY_BASE_K + k in link.results)
+    return {
+        "frames_published": args.memory_frames,
+        "frames_answered": answered,
+        "mode": f"flood at {args.flood_rate:g} Hz" if args.flood else "lock-step",
+        "rss_mb_first": float(arr[0, 1]),
+        "rss_mb_last": float(arr[-1, 1]),
+        "rss_mb_after_warmup": float(warm[0, 1]) if len(warm) else None,
+        "rss_slope_mb_per_1k_frames": slope,
+        "rss_samples_mb": [[int(a), round(float(b), 2)] for a, b in arr],
+        "node_cpu_percent_of_one_core": res.get("cpu_percent_of_one_core"),
+    }
