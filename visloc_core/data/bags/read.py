@@ -572,32 +572,13 @@ def _write_images(
     index = -1
     window_ns = max(depth_dt_ns, 1_000_000_000)  # bag-time window to wait for a matching depth
 
-    def write_job(frame: dict, depth_m: np.ndarray | None) -> None:
-        if frame["pixels"] is None:
-            data = frame["bytes"]
-        else:
-            if not hasattr(_scratch, "d"):
-                _scratch.d = {}
-            data = encode_png(frame["pixels"], o.png_level, scratch=_scratch.d)
-        writer.add_frame(  # thread-safe; the files are written in parallel
-            scene,
-            o.sequence,
-            frame["name"],
-            frame["stamp"],
-            frame["T_world_cam"],
-            frame["camera"],
-            rgb_encoded=data,
-            rgb_ext=frame["ext"],
-            depth_m_HW=depth_m,
-        )
-
     def emit(frame: dict, depth_m: np.ndarray | None) -> None:
         if depth_m is not None and depth_m.shape != (frame["camera"].height, frame["camera"].width):
             summary.malformed[f"{o.depth_topic}: size differs from the colour image"] += 1
             depth_m = None
         while len(inflight) >= max_inflight:
             inflight.popleft().result()  # re-raises a failure of the worker here
-        inflight.append(pool.submit(write_job, frame, depth_m))
+        inflight.append(pool.submit(_write_frame, writer, o, scene, frame, depth_m))
         summary.n_frames += 1
         summary.n_with_depth += depth_m is not None
 
@@ -661,15 +642,8 @@ def _write_images(
                     process_batch()
                 continue
             process_batch()  # depth pairing sees every earlier image
-            try:
-                dmsg = reader.deserialize(raw, conn.msgtype)
-                d = (bag_t, _msg_time(o, stamp_ns(dmsg.header), bag_t), depth_metres(dmsg, o.max_image_pixels))
-            except MalformedMessageError as err:
-                summary.malformed[f"{conn.topic}: {err.reason}"] += 1
-                continue
-            except Exception as err:
-                summary.malformed[f"{conn.topic}: cannot deserialize"] += 1
-                log.debug("%s: %s", conn.topic, err)
+            d = _depth_sample(reader, conn, raw, bag_t, o, summary)
+            if d is None:
                 continue
             # pair with a waiting image if one is close enough in time
             for i, (_, st, fr) in enumerate(pending):
@@ -688,6 +662,42 @@ def _write_images(
         # On any failure (or Ctrl-C) stop the worker before the writer removes its folder.
         pool.shutdown(wait=True, cancel_futures=True)
     bar.close()
+
+
+def _write_frame(writer: DatasetWriter, o: FromBagOptions, scene: str, frame: dict, depth_m: np.ndarray | None) -> None:
+    """Write one frame (a worker thread's job): its image as received (compressed) or encoded to PNG
+    here, and its depth ``depth_m`` (H, W) in metres or None."""
+    if frame["pixels"] is None:
+        data = frame["bytes"]
+    else:
+        if not hasattr(_scratch, "d"):
+            _scratch.d = {}
+        data = encode_png(frame["pixels"], o.png_level, scratch=_scratch.d)
+    writer.add_frame(  # thread-safe; the files are written in parallel
+        scene,
+        o.sequence,
+        frame["name"],
+        frame["stamp"],
+        frame["T_world_cam"],
+        frame["camera"],
+        rgb_encoded=data,
+        rgb_ext=frame["ext"],
+        depth_m_HW=depth_m,
+    )
+
+
+def _depth_sample(reader, conn, raw, bag_t: int, o: FromBagOptions, summary: FromBagSummary) -> tuple | None:
+    """A depth message as (bag time ns, stamp ns, depth (H, W) in metres), or None (counted in
+    ``summary.malformed``) when it cannot be read."""
+    try:
+        dmsg = reader.deserialize(raw, conn.msgtype)
+        return (bag_t, _msg_time(o, stamp_ns(dmsg.header), bag_t), depth_metres(dmsg, o.max_image_pixels))
+    except MalformedMessageError as err:
+        summary.malformed[f"{conn.topic}: {err.reason}"] += 1
+    except Exception as err:
+        summary.malformed[f"{conn.topic}: cannot deserialize"] += 1
+        log.debug("%s: %s", conn.topic, err)
+    return None
 
 
 def _add_notes(o: FromBagOptions, summary: FromBagSummary) -> None:
