@@ -10,7 +10,6 @@ is the same for a small multi-scene model (MVL-Loc) on apr_tiny's two scenes.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import os
@@ -134,12 +133,13 @@ def _cached_artifact(name: str, cfg: dict, make_data: Callable[[Path], Path]) ->
         except Exception:  # written by an older trainer: train again
             shutil.rmtree(out, ignore_errors=True)
     from visloc_core.training.apr import train
+    from visloc_core.training.options import TrainOptions
 
     cache.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=cache))
     try:
         make_data(work / "data")
-        art = train(cfg, work / "data", work / "artifact", argparse.Namespace(work_dir=str(work / "train")))
+        art = train(cfg, work / "data", work / "artifact", TrainOptions(work_dir=work / "train"))
         with contextlib.suppress(OSError):  # another session won the race: use theirs
             art.rename(out)
     finally:

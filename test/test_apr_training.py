@@ -246,8 +246,9 @@ def test_resume_continues_from_last_checkpoint(trained) -> None:
     # resuming without a checkpoint is a clear error
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         from visloc_core.training.apr import train
+        from visloc_core.training.options import TrainOptions
 
-        train(CFG, trained["data"], trained["root"] / "other", type("A", (), {"resume": True})())
+        train(CFG, trained["data"], trained["root"] / "other", TrainOptions(resume=True))
 
 
 @APR_MODELS.register("posenet_test_extra")

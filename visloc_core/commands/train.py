@@ -2,7 +2,7 @@
 
 ``--set key.sub=value`` overrides a key of the config (YAML value; an unknown key is an error naming
 it). The config's ``task`` (default ``apr``) picks the trainer: ``visloc_core.training.<task>.train(cfg,
-data, out, args)``. Configs live in config/models/ (see docs/apr.md). Stopped by SIGINT (Ctrl-C) or
+data, out, opts)`` (opts: training/options.TrainOptions). Configs live in config/models/ (see docs/apr.md). Stopped by SIGINT (Ctrl-C) or
 SIGTERM: no artifact, the checkpoints stay for ``--resume``, exit status 130 / 143.
 """
 
@@ -16,6 +16,7 @@ import sys
 from ..config import add_set_argument, apply_overrides
 from ..interrupt import Interrupted, as_interrupted
 from ..training.config import load_yaml
+from ..training.options import TrainOptions
 from . import positive_int
 
 
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.config}: unknown task {task!r} (no module visloc_core.training.{task})") from err
         raise
     try:
-        path = trainer.train(cfg, args.data, args.out, args)
+        path = trainer.train(cfg, args.data, args.out, TrainOptions.from_args(args))
     except KeyboardInterrupt as exc:  # SIGINT / SIGTERM (visloc_core.interrupt); the CLI prints `kept`
         exc = as_interrupted(exc)
         if exc.kept:  # the trainer said what it kept (interrupted while fitting)

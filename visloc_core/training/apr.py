@@ -1,6 +1,6 @@
 """``task: apr``: train an absolute pose regressor with PyTorch Lightning and write its artifact.
 
-``train(cfg, data, out, args)`` (called by ``visloc train``):
+``train(cfg, data, out, opts)`` (called by ``visloc train``):
 
 1. merges the config over training/config.DEFAULT_CONF and applies the command-line overrides;
 2. trains in a work folder ``<ARTIFACT>.train/`` (kept after training: ``checkpoints/last.ckpt``
@@ -23,7 +23,6 @@ Mahalanobis distance under this covariance is within 1/2/3 sigma are stored as `
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
@@ -45,6 +44,7 @@ from .apr_module import APRModule
 from .checkpoint_io import AtomicCheckpointIO
 from .config import apr_config, override_epochs
 from .fit import fit
+from .options import TrainOptions
 
 log = logging.getLogger(__name__)
 
@@ -215,20 +215,20 @@ def _trainer(cfg: dict, work: Path, max_epochs: int, n_batches: int) -> tuple[pl
     return trainer, ckpt
 
 
-def train(cfg: dict, data: str | Path, out: str | Path, args: argparse.Namespace | None = None) -> Path | None:
+def train(cfg: dict, data: str | Path, out: str | Path, opts: TrainOptions | None = None) -> Path | None:
     """Train an APR model on dataset ``data`` and write the artifact ``out``; returns its path.
     Interrupted (SIGINT, SIGTERM): raises visloc_core.interrupt.Interrupted, checkpoints are kept for
     ``--resume``.
 
     ``out`` and the work folder are locked for the whole run (visloc_core.atomic.output_lock): a
     second training into either fails at once instead of sharing checkpoints."""
-    args = args or argparse.Namespace()
+    opts = opts or TrainOptions()
     out = Path(out)
-    work = Path(getattr(args, "work_dir", None) or work_dir_for(out))
+    work = Path(opts.work_dir or work_dir_for(out))
     if _launched_as_secondary_rank():  # rank 0 of this run holds the locks and checks the outputs
-        return _train_locked(cfg, data, out, work, args, secondary=True)
+        return _train_locked(cfg, data, out, work, opts, secondary=True)
     with output_lock(out, "--out"), output_lock(work, "--work-dir"):
-        return _train_locked(cfg, data, out, work, args)
+        return _train_locked(cfg, data, out, work, opts)
 
 
 def check_outputs(out: Path, work: Path, last: Path, resume: bool, overwrite: bool) -> None:
@@ -258,7 +258,7 @@ def _train_locked(
     data: str | Path,
     out: Path,
     work: Path,
-    args: argparse.Namespace,
+    opts: TrainOptions,
     secondary: bool = False,
     make_module=APRModule,
     extra_files: dict[str, Path] | None = None,
@@ -268,15 +268,15 @@ def _train_locked(
     losses, e.g. PMNet's, pass their subclass); ``extra_files`` / ``extra_training``: copied into the
     artifact / its training record."""
     cfg = apr_config(cfg)
-    if getattr(args, "device", None):
-        cfg["train"]["device"] = args.device
-    if getattr(args, "epochs", None):
-        cfg["train"]["stages"] = override_epochs(cfg["train"]["stages"], int(args.epochs))
+    if opts.device:
+        cfg["train"]["device"] = opts.device
+    if opts.epochs:
+        cfg["train"]["stages"] = override_epochs(cfg["train"]["stages"], int(opts.epochs))
         cfg["train"]["epochs"] = sum(s["epochs"] for s in cfg["train"]["stages"])
     if not secondary:
         log_config(log, "train", cfg)
-    resume = bool(getattr(args, "resume", False))
-    overwrite = bool(getattr(args, "overwrite", False))
+    resume = opts.resume
+    overwrite = opts.overwrite
     last = work / "checkpoints" / "last.ckpt"
     if not secondary:  # a secondary DDP rank: rank 0 checked (and with --overwrite emptied) the outputs
         check_outputs(out, work, last, resume, overwrite)

@@ -29,7 +29,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import time
@@ -55,6 +54,7 @@ from .apr import check_outputs, work_dir_for
 from .apr_data import holdout_blocks
 from .config import merge_strict
 from .fit import fit
+from .options import TrainOptions
 
 log = logging.getLogger(__name__)
 
@@ -350,26 +350,26 @@ def _pick(views: list[View], every: int, max_n: int) -> list[View]:
     return sel
 
 
-def train(cfg: dict, data: str | Path, out: str | Path, args: argparse.Namespace | None = None) -> Path | None:
+def train(cfg: dict, data: str | Path, out: str | Path, opts: TrainOptions | None = None) -> Path | None:
     """Train a radiance field on ``data`` and write the NeRF artifact ``out`` (None if interrupted).
 
     As for APR training, ``out`` and the work folder are locked for the whole run
     (visloc_core.atomic.output_lock): a second training into either fails at once."""
-    args = args or argparse.Namespace()
+    opts = opts or TrainOptions()
     out = Path(out)
-    work = Path(getattr(args, "work_dir", None) or work_dir_for(out))
+    work = Path(opts.work_dir or work_dir_for(out))
     with output_lock(out, "--out"), output_lock(work, "--work-dir"):
-        return _train_locked(cfg, data, out, work, args)
+        return _train_locked(cfg, data, out, work, opts)
 
 
-def _train_locked(cfg: dict, data: str | Path, out: Path, work: Path, args: argparse.Namespace) -> Path | None:
+def _train_locked(cfg: dict, data: str | Path, out: Path, work: Path, opts: TrainOptions) -> Path | None:
     cfg = nerf_config(cfg)
-    if getattr(args, "device", None):
-        cfg["train"]["device"] = args.device
-    if getattr(args, "epochs", None):
-        cfg["train"]["epochs"] = int(args.epochs)
+    if opts.device:
+        cfg["train"]["device"] = opts.device
+    if opts.epochs:
+        cfg["train"]["epochs"] = int(opts.epochs)
     log_config(log, "nerf train", cfg)
-    resume, overwrite = bool(getattr(args, "resume", False)), bool(getattr(args, "overwrite", False))
+    resume, overwrite = opts.resume, opts.overwrite
     last = work / "checkpoints" / "last.ckpt"
     check_outputs(out, work, last, resume, overwrite)
     work.mkdir(parents=True, exist_ok=True)

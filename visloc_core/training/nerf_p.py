@@ -25,7 +25,6 @@ is short (minutes) and has no checkpoints: an interrupted run starts it again.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
@@ -47,6 +46,7 @@ from . import apr as apr_trainer
 from . import nerf as nerf_trainer
 from .apr_data import holdout_blocks
 from .config import merge_strict
+from .options import TrainOptions
 from .rvs import perturb_poses
 
 log = logging.getLogger(__name__)
@@ -174,33 +174,32 @@ def _frames(cfg: dict, data: str | Path) -> tuple[str, list, np.ndarray]:
     return scene, frames, held
 
 
-def train(cfg: dict, data: str | Path, out: str | Path, args: argparse.Namespace | None = None) -> Path | None:
+def train(cfg: dict, data: str | Path, out: str | Path, opts: TrainOptions | None = None) -> Path | None:
     """Train NeRF-P on ``data`` (module docstring) and write its artifact ``out``."""
-    args = args or argparse.Namespace()
+    opts = opts or TrainOptions()
     out = Path(out)
-    work = Path(getattr(args, "work_dir", None) or apr_trainer.work_dir_for(out))
+    work = Path(opts.work_dir or apr_trainer.work_dir_for(out))
     with output_lock(out, "--out"), output_lock(work, "--work-dir"):
-        return _train_locked(cfg, data, out, work, args)
+        return _train_locked(cfg, data, out, work, opts)
 
 
-def _train_locked(cfg: dict, data, out: Path, work: Path, args: argparse.Namespace) -> Path | None:
+def _train_locked(cfg: dict, data, out: Path, work: Path, opts: TrainOptions) -> Path | None:
     cfg = nerf_p_config(cfg)
-    overwrite = bool(getattr(args, "overwrite", False))
+    overwrite = opts.overwrite
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
-    if getattr(args, "epochs", None):
-        cfg["train"]["steps"] = int(args.epochs) * 100  # --epochs: hundreds of steps, as the field's epochs
-    base = Path(args.config).resolve().parent if getattr(args, "config", None) else Path.cwd()
+    if opts.epochs:
+        cfg["train"]["steps"] = int(opts.epochs) * 100  # --epochs: hundreds of steps, as the field's epochs
+    base = opts.config_dir()
     scene, frames, held = _frames(cfg, data)
     from .poseformer_sem import _stage_artifact  # the shared "existing artifact or train it" rule
 
-    def run_field(c: dict, ns: argparse.Namespace):
+    def run_field(c: dict, ns: TrainOptions):
         c.setdefault("data", {})["scene"] = scene
         return nerf_trainer.train(c, data, work / "field", ns)
 
     field_cfg = dict(cfg["field"])
-    ns = argparse.Namespace(device=None, epochs=None, resume=False, overwrite=False, work_dir=None)
-    field_path = _stage_artifact(field_cfg, base, work / "field", "field", ns, run_field)
+    field_path = _stage_artifact(field_cfg, base, work / "field", "field", TrainOptions(), run_field)
     if field_path is None:
         return None
     field0, fmeta = load_radiance_field(field_path)

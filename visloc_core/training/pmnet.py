@@ -38,10 +38,10 @@ the NeRF-P artifact, the loss weights and the pool.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +60,7 @@ from . import nerf_p as nerf_p_trainer
 from .apr_data import APRDataModule
 from .apr_module import APRModule
 from .config import apr_config, merge_strict
+from .options import TrainOptions
 from .rvs import RVS_PRESETS, perturb_poses
 
 log = logging.getLogger(__name__)
@@ -249,20 +250,20 @@ class PMNetModule(APRModule):
 
 
 # ------------------------------------------------------------------------------------- trainer
-def train(cfg: dict, data: str | Path, out: str | Path, args: argparse.Namespace | None = None) -> Path | None:
+def train(cfg: dict, data: str | Path, out: str | Path, opts: TrainOptions | None = None) -> Path | None:
     """NeRF-P, view pool, APRNet (module docstring); writes the APR artifact ``out``."""
-    args = args or argparse.Namespace()
+    opts = opts or TrainOptions()
     out = Path(out)
-    work = Path(getattr(args, "work_dir", None) or apr_trainer.work_dir_for(out))
+    work = Path(opts.work_dir or apr_trainer.work_dir_for(out))
     with output_lock(out, "--out"), output_lock(work, "--work-dir"):
-        return _train_locked(cfg, str(data), out, work, args)
+        return _train_locked(cfg, str(data), out, work, opts)
 
 
-def _train_locked(cfg: dict, data: str, out: Path, work: Path, args: argparse.Namespace) -> Path | None:
+def _train_locked(cfg: dict, data: str, out: Path, work: Path, opts: TrainOptions) -> Path | None:
     apr, pm = pmnet_config(cfg)
-    if out.exists() and not bool(getattr(args, "overwrite", False)):
+    if out.exists() and not opts.overwrite:
         raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
-    base = Path(args.config).resolve().parent if getattr(args, "config", None) else Path.cwd()
+    base = opts.config_dir()
     dm = APRDataModule(apr, data)
     if len(dm.scene_names) != 1:
         raise ValueError(f"pmnet trains one scene (one field): set data.scenes: [one of {dm.scene_names}]")
@@ -270,13 +271,13 @@ def _train_locked(cfg: dict, data: str, out: Path, work: Path, args: argparse.Na
     work.mkdir(parents=True, exist_ok=True)
     from .poseformer_sem import _stage_artifact  # the shared "existing artifact or train it" rule
 
-    def run_nerf_p(c: dict, ns: argparse.Namespace):
+    def run_nerf_p(c: dict, stage_opts: TrainOptions):
         c["scene"] = scene
-        ns.config = str(base / pm["nerf_p"]["config"])
-        return nerf_p_trainer.train(c, data, work / "nerf_p", ns)
+        # NeRF-P's own stage configs resolve against its config's folder
+        return nerf_p_trainer.train(c, data, work / "nerf_p", replace(stage_opts, config=base / pm["nerf_p"]["config"]))
 
-    ns = argparse.Namespace(device=None, epochs=pm["nerf_p"]["epochs"], resume=False, overwrite=False, work_dir=None)
-    nerf_p_path = _stage_artifact(pm["nerf_p"], base, work / "nerf_p", "nerf_p", ns, run_nerf_p)
+    nerf_p_opts = TrainOptions(epochs=pm["nerf_p"]["epochs"])
+    nerf_p_path = _stage_artifact(pm["nerf_p"], base, work / "nerf_p", "nerf_p", nerf_p_opts, run_nerf_p)
     if nerf_p_path is None:
         return None
     field, _, fmeta = load_nerf_p(nerf_p_path)
@@ -292,7 +293,7 @@ def _train_locked(cfg: dict, data: str, out: Path, work: Path, args: argparse.Na
         "pool": pool["meta"],
     }
     make = lambda c, scenes: PMNetModule(c, scenes, pm, field, pool, downsample)  # noqa: E731
-    return apr_trainer._train_locked(apr, data, out, work, args, make_module=make, extra_training={"pmnet": record})
+    return apr_trainer._train_locked(apr, data, out, work, opts, make_module=make, extra_training={"pmnet": record})
 
 
 def _load_or_build_pool(pm: dict, work: Path, dm: APRDataModule, field, downsample: int, nerf_p_path, apr) -> dict:

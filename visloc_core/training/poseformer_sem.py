@@ -34,12 +34,12 @@ field's report and contact sheet are copied as ``nerf_report.json`` / ``nerf_con
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -60,6 +60,7 @@ from .apr_data import APRDataModule
 from .apr_module import APRModule
 from .config import apr_config, load_yaml, merge_strict
 from .fit import fit
+from .options import TrainOptions
 
 log = logging.getLogger(__name__)
 
@@ -196,14 +197,15 @@ def _scene_of(cfg: dict, data: str | Path, split: str) -> str:
     return str(cfg["scene"])
 
 
-def _sub_args(args: argparse.Namespace, work_dir: Path, epochs) -> argparse.Namespace:
+def _stage_options(opts: TrainOptions, work_dir: Path, epochs: int | None) -> TrainOptions:
+    """A stage's options: the run's device, the stage's epochs, resumed when the stage left a checkpoint."""
     last = work_dir.with_name(work_dir.name + ".train") / "checkpoints" / "last.ckpt"
-    return argparse.Namespace(
-        device=getattr(args, "device", None), epochs=epochs, resume=last.is_file(), overwrite=False, work_dir=None
-    )
+    return TrainOptions(device=opts.device, epochs=epochs, resume=last.is_file())
 
 
-def _stage_artifact(stage: dict, base: Path, path: Path, kind: str, args, run) -> Path | None:
+def _stage_artifact(
+    stage: dict, base: Path, path: Path, kind: str, opts: TrainOptions, run: Callable[[dict, TrainOptions], Path | None]
+) -> Path | None:
     if stage["artifact"]:
         p = Path(stage["artifact"])
         if not (p / "artifact.json").is_file():
@@ -215,24 +217,24 @@ def _stage_artifact(stage: dict, base: Path, path: Path, kind: str, args, run) -
         return path
     cfg_path = (base / stage["config"]) if not Path(stage["config"]).is_absolute() else Path(stage["config"])
     log.info("%s: training with %s", kind, cfg_path)
-    return run(load_yaml(cfg_path), _sub_args(args, path, stage["epochs"]))
+    return run(load_yaml(cfg_path), _stage_options(opts, path, stage["epochs"]))
 
 
-def train(cfg: dict, data: str | Path, out: str | Path, args: argparse.Namespace | None = None) -> Path | None:
+def train(cfg: dict, data: str | Path, out: str | Path, opts: TrainOptions | None = None) -> Path | None:
     """Run the three stages on ``data`` and write the PoseFormer_sem APR artifact ``out``.
 
     ``out`` and the work folder are locked for the whole run, as for every trainer."""
-    args = args or argparse.Namespace()
+    opts = opts or TrainOptions()
     out = Path(out)
-    work = Path(getattr(args, "work_dir", None) or apr_trainer.work_dir_for(out))
+    work = Path(opts.work_dir or apr_trainer.work_dir_for(out))
     with output_lock(out, "--out"), output_lock(work, "--work-dir"):
-        return _train_locked(cfg, str(data), out, work, args)
+        return _train_locked(cfg, str(data), out, work, opts)
 
 
-def _train_locked(cfg: dict, data: str, out: Path, work: Path, args: argparse.Namespace) -> Path | None:
+def _train_locked(cfg: dict, data: str, out: Path, work: Path, opts: TrainOptions) -> Path | None:
     cfg = sem_config(cfg)
-    base = Path(args.config).resolve().parent if getattr(args, "config", None) else Path.cwd()
-    resume, overwrite = bool(getattr(args, "resume", False)), bool(getattr(args, "overwrite", False))
+    base = opts.config_dir()
+    resume, overwrite = opts.resume, opts.overwrite
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
     if work.exists() and any(work.iterdir()) and not resume:
@@ -244,11 +246,11 @@ def _train_locked(cfg: dict, data: str, out: Path, work: Path, args: argparse.Na
     work.mkdir(parents=True, exist_ok=True)
     scene = None
 
-    def run1(c: dict, ns: argparse.Namespace):
+    def run1(c: dict, ns: TrainOptions):
         c.setdefault("data", {})["scenes"] = [scene]
         return apr_trainer.train(c, data, work / "stage1_poseformer", ns)
 
-    def run2(c: dict, ns: argparse.Namespace):
+    def run2(c: dict, ns: TrainOptions):
         c.setdefault("data", {})["scene"] = scene
         return nerf_trainer.train(c, data, work / "stage2_nerf", ns)
 
@@ -257,17 +259,17 @@ def _train_locked(cfg: dict, data: str, out: Path, work: Path, args: argparse.Na
     if not first["artifact"]:
         split = load_yaml(base / first["config"]).get("data", {}).get("train_split", "train")
     scene = _scene_of(cfg, data, split)
-    stage1 = _stage_artifact(cfg["stage1"], base, work / "stage1_poseformer", "stage1", args, run1)
+    stage1 = _stage_artifact(cfg["stage1"], base, work / "stage1_poseformer", "stage1", opts, run1)
     if stage1 is None:
         return None
-    stage2 = _stage_artifact(cfg["stage2"], base, work / "stage2_nerf", "stage2", args, run2)
+    stage2 = _stage_artifact(cfg["stage2"], base, work / "stage2_nerf", "stage2", opts, run2)
     if stage2 is None:
         return None
-    return refine(cfg, data, out, work, scene, stage1, stage2, args)
+    return refine(cfg, data, out, work, scene, stage1, stage2, opts)
 
 
 def refine(
-    cfg: dict, data: str, out: Path, work: Path, scene: str, stage1: Path, stage2: Path, args: argparse.Namespace
+    cfg: dict, data: str, out: Path, work: Path, scene: str, stage1: Path, stage2: Path, opts: TrainOptions
 ) -> Path | None:
     """Stage 3 (module docstring): from the stage-1 artifact's weights, through the stage-2 field."""
     s3 = cfg["stage3"]
@@ -285,8 +287,8 @@ def refine(
     c["model"]["pretrained"] = False  # the stage-1 weights are loaded below
     c["data"].update(scenes=[scene], batch_size=int(s3["batch_size"]), with_semantic=s3["target"] != "rendered")
     c["train"].update(scheduler="constant", epochs=int(s3["epochs"]), seed=int(s3["seed"]))
-    if getattr(args, "device", None):
-        c["train"]["device"] = args.device
+    if opts.device:
+        c["train"]["device"] = opts.device
     c["train"]["stages"] = [
         {
             "name": "semantic_refine",
@@ -352,7 +354,7 @@ def refine(
         calibration,
         training,
         extra,
-        overwrite=bool(getattr(args, "overwrite", False)),
+        overwrite=opts.overwrite,
         training_camera_input=dm.training_camera_input,
     )
     log.info("wrote PoseFormer_sem artifact %s", path)

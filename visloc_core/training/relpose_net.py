@@ -42,6 +42,7 @@ from ..interrupt import Interrupted
 from ..models.relpose.checkpoint import save_relpose_net
 from ..models.relpose.net import RelPoseNet, essential_loss, merge_conf, pose_candidates, project_to_essential
 from .fit import fit
+from .options import TrainOptions
 from .relpose_pairs import PairSampling, RelPosePairDataset, sample_pairs
 
 logger = logging.getLogger(__name__)
@@ -200,16 +201,16 @@ def build_pair_sets(
     return train_set, val_set, info
 
 
-def train(cfg: dict, data: str | Path, out: str | Path, args: argparse.Namespace | None = None) -> Path:
+def train(cfg: dict, data: str | Path, out: str | Path, opts: TrainOptions | None = None) -> Path:
     """Train the relative-pose network on pairs of ``data`` and write a checkpoint folder ``out``
     (locked for the whole run: a second training into ``out`` fails at once)."""
     with output_lock(out, "--out"):
-        return _train_locked(cfg, data, Path(out), args)
+        return _train_locked(cfg, data, Path(out), opts or TrainOptions())
 
 
-def _train_locked(cfg: dict, data: str | Path, out: Path, args: argparse.Namespace | None) -> Path:
-    overwrite = bool(getattr(args, "overwrite", False))
-    if getattr(args, "resume", False):
+def _train_locked(cfg: dict, data: str | Path, out: Path, opts: TrainOptions) -> Path:
+    overwrite = opts.overwrite
+    if opts.resume:
         raise ValueError(
             "relpose_net training has no --resume: an interrupted run writes its weights so far to --out "
             "(complete: false); start a new run with --overwrite"
@@ -219,10 +220,10 @@ def _train_locked(cfg: dict, data: str | Path, out: Path, args: argparse.Namespa
     ds = Dataset(data)
     model_cfg = dict(cfg.get("model") or {})
     tc = dict(cfg.get("train") or {})
-    if getattr(args, "epochs", None):
-        tc["epochs"] = int(args.epochs)
-    if getattr(args, "device", None):
-        tc["accelerator"] = str(args.device)
+    if opts.epochs:
+        tc["epochs"] = int(opts.epochs)
+    if opts.device:
+        tc["accelerator"] = str(opts.device)
     if model_cfg.get("use_biasnet", True):
         n_cls = _num_classes(ds)
         if n_cls == 0:
