@@ -157,6 +157,31 @@ def test_from_bag_interrupted_leaves_nothing(tmp_path) -> None:
     assert not out.exists() and _leftovers(tmp_path, "ds") == []
 
 
+def test_synth_interrupted_keeps_the_finished_bags_and_no_dataset(tmp_path) -> None:
+    """SIGTERM while the second sequence starts: no dataset (it appears only when complete), the first
+    sequence's bag kept whole and readable, nothing of the second, no temporaries (as its --help says)."""
+    from visloc_core.evaluation.replay_plan import open_bag
+
+    signum = signal.SIGTERM
+    out, bags, mark = tmp_path / "ds", tmp_path / "bags", tmp_path / "held"
+    hold = [sys.executable, "-c", HOLD, str(mark), "visloc_core.data.synth.generate", "plan_sequence", "2"]
+    argv = ["synth", "indoor_room", "--out", str(out), "--bag", str(bags), "--max-frames", "3", "--size", "64x48",
+            "--no-progress"]  # fmt: skip
+    proc = _start(hold + argv, tmp_path / "synth.log")
+    _wait_for(mark, proc)  # the first sequence rendered, the second being planned
+    rc, err = _signal(proc, signum)
+
+    assert rc == EXIT[signum], err
+    assert _last_line(err).startswith("visloc synth: interrupted by SIGTERM; "), err
+    assert "Traceback" not in err
+    assert not out.exists() and _leftovers(tmp_path, "ds") == []
+    kept = sorted(p.name for p in bags.iterdir() if not p.name.endswith(".lock"))
+    assert kept == ["indoor_room_map_outer"], kept  # the first sequence of config/scenes/indoor_room.yaml
+    with open_bag(bags / "indoor_room_map_outer") as reader:
+        images = [c for c in reader.connections if c.topic == "/camera/image_raw"]
+        assert sum(1 for _ in reader.messages(connections=images)) == 3
+
+
 # The node's diagnostics timer, held just before its graph query (get_publishers_info_by_topic) until the
 # signal has shut the context down: the query then fails with "rcl node's context is invalid" (seen at the
 # end of a `visloc bench robustness` soak, a traceback and exit 1 instead of a clean stop).
