@@ -55,6 +55,34 @@ def signals_interrupt() -> Iterator[None]:
             signal.signal(s, handler)
 
 
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM wait: the first one that arrives is delivered again, to the
+    handler in place before the block, when the block ends (main thread only; elsewhere nothing changes).
+
+    For short writes that an exception in the middle turns into another error: ``torch.save``'s zip writer
+    answers an interruption with ``RuntimeError: unexpected pos`` from its ``__exit__``, so a SIGTERM during
+    a checkpoint save ended `visloc train` with a traceback and exit 1 instead of 143 (seen on a fresh
+    clone). The file is finished (and renamed into place by the caller's atomic write), then the signal acts.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        caught.append(signum)
+
+    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
 def as_interrupted(exc: KeyboardInterrupt, kept: str | None = None) -> Interrupted:
     """``exc`` as an :class:`Interrupted` (a plain KeyboardInterrupt is SIGINT), with ``kept`` if given."""
     signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT

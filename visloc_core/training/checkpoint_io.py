@@ -16,6 +16,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from ..atomic import atomic_file
+from ..interrupt import signals_deferred
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -24,5 +25,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO.save_checkpoint does not take storage_options")
-        with atomic_file(Path(path)) as f:
+        # a signal mid-save waits until the file is whole and renamed into place (torch.save would turn it
+        # into a RuntimeError): the run stops with the checkpoint it was writing
+        with signals_deferred(), atomic_file(Path(path)) as f:
             torch.save(checkpoint, f)

@@ -34,6 +34,7 @@ import yaml
 
 from ...atomic import atomic_folder
 from ...integrity import ArtifactError, check_format_version, file_digests, verify_files
+from ...interrupt import signals_deferred
 from ..registry import SceneSpec, build_apr_model
 
 ARTIFACT_KIND = "apr"
@@ -115,7 +116,8 @@ def write_apr_artifact(
     out = Path(out)
     with atomic_folder(out, overwrite=overwrite) as tmp:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        torch.save(state, tmp / WEIGHTS_FILE)
+        with signals_deferred():  # torch.save turns a signal mid-write into a RuntimeError
+            torch.save(state, tmp / WEIGHTS_FILE)
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(cfg, sort_keys=False))
         meta = {
             "kind": ARTIFACT_KIND,

@@ -27,6 +27,7 @@ import yaml
 
 from ...atomic import atomic_folder
 from ...integrity import ArtifactError, check_format_version, file_digests, verify_files
+from ...interrupt import signals_deferred
 from .scene import RadianceField
 
 ARTIFACT_KIND = "nerf"
@@ -47,7 +48,8 @@ def write_nerf_artifact(
     """``meta``: scene, aabb, classes, camera, training; ``files``: name in the folder -> file to copy."""
     out = Path(out)
     with atomic_folder(out, overwrite=overwrite) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / WEIGHTS_FILE)
+        with signals_deferred():  # torch.save turns a signal mid-write into a RuntimeError
+            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / WEIGHTS_FILE)
         (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         full = {
             "kind": ARTIFACT_KIND,

@@ -21,6 +21,7 @@ import yaml
 
 from ...atomic import atomic_folder
 from ...integrity import file_digests, verify_files
+from ...interrupt import signals_deferred
 from .net import RelPoseNet, merge_conf
 
 FORMAT = "visloc-relpose-net"
@@ -32,7 +33,8 @@ def save_relpose_net(model: RelPoseNet, meta: dict, train_cfg: dict, out: str | 
     """Write the checkpoint folder ``out`` atomically (temporary folder next to it, then rename)."""
     out = Path(out)
     with atomic_folder(out, overwrite=overwrite) as tmp:
-        torch.save(model.state_dict(), tmp / "weights.pt")
+        with signals_deferred():  # torch.save turns a signal mid-write into a RuntimeError
+            torch.save(model.state_dict(), tmp / "weights.pt")
         full = {"format": FORMAT, "version": VERSION, "model": model.conf, **meta}
         (tmp / "config.yaml").write_text(yaml.safe_dump(train_cfg, sort_keys=False))
         full["files"] = file_digests(tmp, exclude=(META_FILE,))  # checked at load (visloc_core.integrity)
