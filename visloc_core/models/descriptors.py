@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import deep_merge
+from ..interrupt import signals_deferred
 from ..registry import Registry
 
 log = logging.getLogger(__name__)
@@ -222,7 +223,8 @@ class _CNNDescriptor(GlobalDescriptor):
             # Unchanged ImageNet weights: the artifact refers to the pip package instead of copying 17 MB.
             (folder / "weights.json").write_text(json.dumps({"pretrained_from_package": self.cfg["backbone"]}))
             return
-        torch.save(self.net.state_dict(), folder / "weights.pt")
+        with signals_deferred():  # torch.save turns a signal mid-write into a RuntimeError
+            torch.save(self.net.state_dict(), folder / "weights.pt")
 
     def _load_weights(self, folder: Path) -> None:
         if (folder / "weights.pt").is_file():

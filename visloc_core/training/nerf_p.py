@@ -39,6 +39,7 @@ from tqdm import tqdm
 from ..atomic import output_lock
 from ..data.layout import Dataset
 from ..geometry import rotvec_from_R
+from ..interrupt import signals_deferred
 from ..models.nerf.artifact import load_radiance_field, write_nerf_artifact
 from ..models.nerf.posemap import POSEMAP_DEFAULTS, PoseDecoder, posemap_size, render_posemap
 from ..models.nerf.scene import RadianceField
@@ -250,7 +251,8 @@ def _train_locked(cfg: dict, data, out: Path, work: Path, opts: TrainOptions) ->
     }
     with tempfile.TemporaryDirectory() as tmp:
         dec_file = Path(tmp) / "pose_decoder.pt"
-        torch.save({k: v.detach().cpu() for k, v in decoder.state_dict().items()}, dec_file)
+        with signals_deferred():  # torch.save turns a signal mid-write into a RuntimeError
+            torch.save({k: v.detach().cpu() for k, v in decoder.state_dict().items()}, dec_file)
         files = {"pose_decoder.pt": dec_file, "contact_sheet.png": field_path / "contact_sheet.png"}
         write_nerf_artifact(out, field, cfg, meta, report, files, overwrite=overwrite)
     log.info("wrote NeRF-P artifact %s", out)

@@ -53,6 +53,7 @@ from tqdm import tqdm
 from ..atomic import output_lock
 from ..geometry import position_quat_wxyz_from_T
 from ..geometry.torch_ops import T_from_position_quat
+from ..interrupt import signals_deferred
 from ..models.nerf.artifact import load_nerf_p
 from ..models.nerf.posemap import posemap_cosine_loss, render_posemap
 from . import apr as apr_trainer
@@ -326,6 +327,7 @@ def _load_or_build_pool(pm: dict, work: Path, dm: APRDataModule, field, downsamp
     pool["identity"] = want
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(pool, tmp)
+    with signals_deferred():  # torch.save turns a signal mid-write into a RuntimeError
+        torch.save(pool, tmp)
     tmp.replace(path)
     return pool
